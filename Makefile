@@ -1,0 +1,63 @@
+# unidet2 — every target installs what it needs first (`make install` is idempotent and fast when done).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.unidet2-installed
+# keep pip's cache inside the repo: nothing outside the repo and .venv is written
+export PIP_CACHE_DIR := $(CURDIR)/.cache/pip
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PYTHONUNBUFFERED := 1
+
+# DETECTRON2_SOURCE (git URL or local checkout) selects a full detectron2 build; a change of it reinstalls.
+DETECTRON2_SOURCE ?=
+D2_SOURCE_RECORD := .cache/detectron2-source
+$(shell mkdir -p .cache && (echo "$(DETECTRON2_SOURCE)" | cmp -s - $(D2_SOURCE_RECORD) || echo "$(DETECTRON2_SOURCE)" > $(D2_SOURCE_RECORD)))
+INSTALL_INPUTS := requirements.txt pyproject.toml $(D2_SOURCE_RECORD) $(wildcard tools/d2_build/*.py)
+
+PYTEST_ARGS ?=
+OUTPUT ?= output
+
+.PHONY: help install env test lint demo bench clean-venv
+
+help:
+	@echo "make demo     install, then run the main job on generated synthetic data"
+	@echo "make test     install, then run the test suite"
+	@echo "make install  create .venv with the pinned requirements and detectron2"
+	@echo "make env      environment report (python -m unidet2.env)"
+	@echo "make lint     ruff"
+	@echo "make bench    benchmarks (JSON + markdown tables under benchmarks/results/)"
+
+install: $(STAMP)
+
+$(STAMP): $(INSTALL_INPUTS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	@# lvis 0.5.3 requires the GUI opencv-python, which clashes with opencv-python-headless: no deps
+	$(PY) -m pip install -q --no-deps lvis==0.5.3
+	DETECTRON2_SOURCE="$(DETECTRON2_SOURCE)" $(PY) tools/d2_build/install_detectron2.py
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+env: install
+	$(PY) -m unidet2.env
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check .
+
+demo: install
+	$(PY) -m unidet2.env
+	$(PY) tools/smoke_demo.py --out $(OUTPUT)/smoke_demo
+
+bench: install
+	@mkdir -p benchmarks/results
+	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script; done
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""SLURM launcher (submitit)."""

@@ -1,0 +1,1 @@
+"""Methods built on unidet2, one self-contained folder each."""

@@ -1,0 +1,1 @@
+"""Dataset registration: every loader is lazy (no file I/O until the dataset is used)."""

@@ -1,0 +1,1 @@
+"""Training engine: trainer, hooks, atomic checkpoints."""
