@@ -83,10 +83,10 @@ def cuda_info() -> dict:
 
     info = {"available": torch.cuda.is_available(), "torch_cuda_build": torch.version.cuda}
     if info["available"]:
-        info["devices"] = [
-            f"{i}: {torch.cuda.get_device_name(i)} (capability {'.'.join(map(str, torch.cuda.get_device_capability(i)))})"
-            for i in range(torch.cuda.device_count())
-        ]
+        info["devices"] = []
+        for i in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(i)
+            info["devices"].append(f"{i}: {torch.cuda.get_device_name(i)} (capability {major}.{minor})")
     return info
 
 

@@ -15,12 +15,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from shapely.geometry import Polygon
-from torchvision.ops import roi_align
-
 from detectron2 import _C
 from detectron2.layers import ROIAlignRotated, batched_nms_rotated, nms_rotated
 from detectron2.layers.deform_conv import DeformConv, ModulatedDeformConv
+from shapely.geometry import Polygon
+from torchvision.ops import roi_align
 
 
 # ----------------------------------------------------------------------------- deformable conv
@@ -315,10 +314,9 @@ def _random_coco(seed, num_images=12, num_categories=3):
 
 @pytest.mark.parametrize("use_cats", [1, 0])
 def test_fast_cocoeval_matches_pycocotools(use_cats):
+    from detectron2.evaluation.fast_eval_api import COCOeval_opt
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
-
-    from detectron2.evaluation.fast_eval_api import COCOeval_opt
 
     dataset, detections = _random_coco(7)
     gt = COCO()

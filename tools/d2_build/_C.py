@@ -323,13 +323,13 @@ def _faster_coco_eval_kernels():
     return faster_eval_api_cpp
 
 
-def InstanceAnnotation(id, score, area, is_crowd, ignore):  # noqa: N802 - name fixed by detectron2's caller
+def InstanceAnnotation(id, score, area, is_crowd, ignore):
     """One ground-truth or detected instance, as the fast evaluator reads it."""
     return {"id": int(id), "score": float(score), "area": float(area), "iscrowd": int(is_crowd),
             "ignore": int(ignore)}
 
 
-def COCOevalEvaluateImages(area_ranges, max_det, iou_thresholds, ious, gt_instances, dt_instances):  # noqa: N802
+def COCOevalEvaluateImages(area_ranges, max_det, iou_thresholds, ious, gt_instances, dt_instances):
     """Per-image matching of detections to ground truth (pycocotools' ``evaluateImg`` for every image).
 
     Args:
@@ -358,7 +358,7 @@ def COCOevalEvaluateImages(area_ranges, max_det, iou_thresholds, ious, gt_instan
     )
 
 
-def COCOevalAccumulate(params, image_evaluations):  # noqa: N802
+def COCOevalAccumulate(params, image_evaluations):
     """pycocotools' ``accumulate``: returns a dict with counts, precision, recall and scores."""
     return _faster_coco_eval_kernels().COCOevalAccumulate(params, image_evaluations)
 

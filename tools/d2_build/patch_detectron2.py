@@ -51,7 +51,9 @@ def modulated_deform_conv(input, offset, mask, weight, bias=None, stride=1, padd
 
 EDITS: tuple[Edit, ...] = (
     # --- numpy >= 1.24 removed the np.int / np.float / np.str / np.bool aliases
-    Edit("detectron2/evaluation/sem_seg_evaluation.py", "dtype=np.int)", "dtype=np.int64)", 2, "numpy 2"),
+    Edit("detectron2/evaluation/sem_seg_evaluation.py", "pred = np.array(output, dtype=np.int)",
+         "pred = output.numpy().astype(np.int64)", 1, "numpy 2 (np.int; __array__ without copy keyword)"),
+    Edit("detectron2/evaluation/sem_seg_evaluation.py", "dtype=np.int)", "dtype=np.int64)", 1, "numpy 2"),
     Edit("detectron2/evaluation/sem_seg_evaluation.py", "dtype=np.float)", "dtype=np.float64)", 2, "numpy 2"),
     Edit("detectron2/evaluation/sem_seg_evaluation.py", ".astype(np.float)", ".astype(np.float64)", 3, "numpy 2"),
     Edit("detectron2/data/datasets/pascal_voc.py", "dtype=np.str)", "dtype=str)", 1, "numpy 2"),
@@ -73,7 +75,8 @@ EDITS: tuple[Edit, ...] = (
     Edit("detectron2/model_zoo/model_zoo.py", "import pkg_resources\n", "import importlib.resources\n", 1,
          "setuptools without pkg_resources"),
     Edit("detectron2/model_zoo/model_zoo.py",
-         'cfg_file = pkg_resources.resource_filename(\n        "detectron2.model_zoo", os.path.join("configs", config_path)\n    )',
+         'cfg_file = pkg_resources.resource_filename(\n'
+         '        "detectron2.model_zoo", os.path.join("configs", config_path)\n    )',
          'cfg_file = str(importlib.resources.files("detectron2.model_zoo").joinpath("configs", config_path))',
          1, "setuptools without pkg_resources"),
     # --- torch 2 ships no caffe2: import the caffe2 exporter only where caffe2 exists
@@ -85,7 +88,8 @@ EDITS: tuple[Edit, ...] = (
     Edit("detectron2/engine/hooks.py", "isinstance(self.scheduler, torch.optim.lr_scheduler._LRScheduler)",
          "isinstance(self.scheduler, torch.optim.lr_scheduler.LRScheduler)", 2,
          "torch 2: scheduler state in checkpoints"),
-    Edit("detectron2/engine/train_loop.py", "from torch.cuda.amp import GradScaler\n\n            grad_scaler = GradScaler()",
+    Edit("detectron2/engine/train_loop.py",
+         "from torch.cuda.amp import GradScaler\n\n            grad_scaler = GradScaler()",
          "grad_scaler = torch.amp.GradScaler(\"cuda\")", 1, "torch 2 deprecation"),
     Edit("detectron2/engine/train_loop.py", "from torch.cuda.amp import autocast\n", "", 1, "torch 2 deprecation"),
     Edit("detectron2/engine/train_loop.py", "with autocast():", 'with torch.autocast("cuda"):', 1,
@@ -96,7 +100,8 @@ EDITS: tuple[Edit, ...] = (
     Edit("detectron2/data/common.py", "self._rng.sample(self._fallback_candidates, k=1)",
          "self._rng.sample(sorted(self._fallback_candidates), k=1)", 1, "Python 3.11"),
     # --- deformable convolution through torchvision (the _C functions stay for direct callers)
-    Edit("detectron2/layers/deform_conv.py", "deform_conv = _DeformConv.apply\nmodulated_deform_conv = _ModulatedDeformConv.apply\n",
+    Edit("detectron2/layers/deform_conv.py",
+         "deform_conv = _DeformConv.apply\nmodulated_deform_conv = _ModulatedDeformConv.apply\n",
          _DEFORM_CONV_VIA_TORCHVISION, 1, "no compiled DCN; CPU training"),
     # --- logger.warn is deprecated
     Edit("detectron2/evaluation/coco_evaluation.py", "logger.warn(", "logger.warning(", 2, "deprecation"),
