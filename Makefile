@@ -36,8 +36,9 @@ install: $(STAMP)
 $(STAMP): $(INSTALL_INPUTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
-	@# lvis 0.5.3 requires the GUI opencv-python, which clashes with opencv-python-headless: no deps
-	$(PY) -m pip install -q --no-deps lvis==0.5.3
+	@# lvis 0.5.3 requires the GUI opencv-python, which clashes with opencv-python-headless; cityscapesscripts
+	@# pulls in the obsolete `typing` backport; only their Python APIs are used, so neither brings its deps
+	$(PY) -m pip install -q --no-deps lvis==0.5.3 cityscapesscripts==2.3.0
 	DETECTRON2_SOURCE="$(DETECTRON2_SOURCE)" $(PY) tools/d2_build/install_detectron2.py
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
