@@ -1,0 +1,1 @@
+"""Tiny runnable examples of the launcher and engine (toy model, synthetic data, example pipeline)."""
