@@ -30,6 +30,7 @@ help:
 	@echo "make env      environment report (python -m unidet2.env)"
 	@echo "make lint     ruff"
 	@echo "make bench    benchmarks (JSON + markdown tables under benchmarks/results/)"
+	@echo "make eval-coco|eval-lvis|eval-odinw CONFIG=<cfg.py> CKPT=<model.pth>  evaluate a checkpoint"
 
 install: $(STAMP)
 
@@ -59,6 +60,24 @@ demo: install
 bench: install
 	@mkdir -p benchmarks/results
 	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script; done
+
+# Evaluation of a checkpoint: make eval-coco CONFIG=projects/<Method>/configs/<cfg>.py CKPT=model_final.pth
+# (EVAL_ARGS passes more tools/evaluate.py options, e.g. EVAL_ARGS="--num-gpus 2 --backend reference").
+.PHONY: eval-coco eval-lvis eval-odinw
+EVAL_ARGS ?=
+EVAL_USAGE = { echo "usage: make $@ CONFIG=<LazyConfig .py> CKPT=<checkpoint .pth> [EVAL_ARGS=...]"; exit 2; }
+
+eval-coco: install
+	@test -n "$(CONFIG)" -a -n "$(CKPT)" || $(EVAL_USAGE)
+	$(PY) tools/evaluate.py --config-file $(CONFIG) --ckpt $(CKPT) --datasets coco_2017_val --output $(OUTPUT)/eval/coco $(EVAL_ARGS)
+
+eval-lvis: install
+	@test -n "$(CONFIG)" -a -n "$(CKPT)" || $(EVAL_USAGE)
+	$(PY) tools/evaluate.py --config-file $(CONFIG) --ckpt $(CKPT) --datasets lvis_v1_val --output $(OUTPUT)/eval/lvis $(EVAL_ARGS)
+
+eval-odinw: install
+	@test -n "$(CONFIG)" -a -n "$(CKPT)" || $(EVAL_USAGE)
+	$(PY) tools/evaluate.py --config-file $(CONFIG) --ckpt $(CKPT) --odinw --output $(OUTPUT)/eval/odinw $(EVAL_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

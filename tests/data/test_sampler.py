@@ -178,3 +178,21 @@ def test_validation_errors():
         MultiDatasetSampler([0, 1, 2], ratios=[1, 1], seed=0, rank=0, world_size=1)
     with pytest.raises(ValueError, match="rank 2 out of range"):
         MultiDatasetSampler(dataset_sizes=[3], seed=0, rank=2, world_size=2)
+
+
+def test_drawn_seed_is_replaced_by_the_saved_one_but_an_explicit_seed_must_match():
+    saved = MultiDatasetSampler(dataset_sizes=[30, 10], ratios=[1, 1], batch_size=2, seed=123, rank=0, world_size=1)
+    batches = saved.iter_batches()
+    for _ in range(5):
+        next(batches)
+    state = saved.state_dict()
+    expected = [next(batches) for _ in range(4)]
+
+    drawn = MultiDatasetSampler(dataset_sizes=[30, 10], ratios=[1, 1], batch_size=2, rank=0, world_size=1)
+    drawn.load_state_dict(state)
+    resumed = drawn.iter_batches()
+    assert [next(resumed) for _ in range(4)] == expected
+
+    explicit = MultiDatasetSampler(dataset_sizes=[30, 10], ratios=[1, 1], batch_size=2, seed=7, rank=0, world_size=1)
+    with pytest.raises(ValueError, match="seed"):
+        explicit.load_state_dict(state)

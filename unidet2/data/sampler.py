@@ -235,6 +235,7 @@ class MultiDatasetSampler(Sampler):
                 f"aspect_groups has {self._aspect_groups.shape[0]} entries but there are {num_records} records"
             )
 
+        self._seed_was_drawn = seed is None
         if seed is None or rank is None or world_size is None:
             from detectron2.utils import comm
 
@@ -399,9 +400,13 @@ class MultiDatasetSampler(Sampler):
     def load_state_dict(self, state: Mapping) -> None:
         """Restore the step position (and the repeat factors of the saved stage).
 
-        The seed, record count, ratios and batch size must match: a different one would silently change the
-        continuation, so it is an error.
+        The record count, ratios and batch size must match: a different one would silently change the
+        continuation, so it is an error. So must an explicitly given seed; a seed this sampler drew itself
+        (``seed=None``) is replaced by the saved one, so that a requeued job continues the same stream.
         """
+        if self._seed_was_drawn and int(state["seed"]) != self._seed:
+            logger.info("sampler: adopting the saved seed %d in place of the drawn seed %d", state["seed"], self._seed)
+            self._seed = int(state["seed"])
         for key, current in (
             ("seed", self._seed),
             ("num_records", len(self._sources)),

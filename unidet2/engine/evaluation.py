@@ -33,11 +33,7 @@ import torch
 from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import (
-    COCOEvaluator,
-    COCOPanopticEvaluator,
     DatasetEvaluator,
-    LVISEvaluator,
-    SemSegEvaluator,
     inference_on_dataset,
 )
 from detectron2.utils import comm
@@ -60,13 +56,9 @@ logger = logging.getLogger(__name__)
 
 EvaluatorBuilder = Callable[[str, str], DatasetEvaluator]
 
-# evaluator_type (dataset metadata) -> builder(dataset_name, output_dir)
-EVALUATOR_BUILDERS: dict[str, EvaluatorBuilder] = {
-    "coco": lambda name, output_dir: COCOEvaluator(name, output_dir=output_dir),
-    "lvis": lambda name, output_dir: LVISEvaluator(name, output_dir=output_dir),
-    "sem_seg": lambda name, output_dir: SemSegEvaluator(name, distributed=True, output_dir=output_dir),
-    "coco_panoptic_seg": lambda name, output_dir: COCOPanopticEvaluator(name, output_dir=output_dir),
-}
+# Extra evaluator types (dataset metadata ``evaluator_type``) -> builder(dataset_name, output_dir). The standard
+# types (coco, lvis, sem_seg, coco_panoptic_seg, ...) come from unidet2.evaluation.build_evaluator.
+EVALUATOR_BUILDERS: dict[str, EvaluatorBuilder] = {}
 
 
 def register_evaluator_type(evaluator_type: str, builder: EvaluatorBuilder) -> None:
@@ -140,12 +132,18 @@ def build_evaluator(cfg: DictConfig, dataset_name: str, index: int, output_dir: 
             raise KeyError(
                 f"Dataset '{dataset_name}' has no evaluator_type in its metadata: set dataloader.evaluator"
             )
-        if evaluator_type not in EVALUATOR_BUILDERS:
+        if evaluator_type in EVALUATOR_BUILDERS:
+            return EVALUATOR_BUILDERS[evaluator_type](dataset_name, output_dir)
+        from unidet2.evaluation import SUPPORTED_EVALUATOR_TYPES
+        from unidet2.evaluation import build_evaluator as build_standard_evaluator
+
+        if evaluator_type not in SUPPORTED_EVALUATOR_TYPES:
             raise KeyError(
-                f"Dataset '{dataset_name}' has evaluator_type '{evaluator_type}', which has no evaluator "
-                f"(known: {sorted(EVALUATOR_BUILDERS)}); register one with register_evaluator_type"
+                f"Dataset '{dataset_name}' has evaluator_type '{evaluator_type}', which has no evaluator (known: "
+                f"{sorted([*SUPPORTED_EVALUATOR_TYPES, *EVALUATOR_BUILDERS])}); register one with "
+                "register_evaluator_type"
             )
-        return EVALUATOR_BUILDERS[evaluator_type](dataset_name, output_dir)
+        return build_standard_evaluator(dataset_name, output_dir)
     spec = copy.deepcopy(spec)
     target = spec.get("_target_")
     if "dataset_name" in spec or _accepts(target, "dataset_name"):
