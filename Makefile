@@ -53,9 +53,10 @@ test: install
 lint: install
 	$(PY) -m ruff check .
 
+# the main job: ScaleDet on generated synthetic datasets (data, embeddings, training, evaluation, reports)
 demo: install
 	$(PY) -m unidet2.env
-	$(PY) tools/smoke_demo.py --out $(OUTPUT)/smoke_demo
+	$(PY) tools/scaledet_demo.py --output $(OUTPUT)/scaledet_demo $(DEMO_ARGS)
 
 bench: install
 	@mkdir -p benchmarks/results

@@ -27,9 +27,9 @@ from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from unidet2.engine import launch, load_config
+from unidet2.engine import load_config
 from unidet2.engine.evaluation import list_test_sets
-from unidet2.engine.run import resolve_device
+from unidet2.engine.run import launch_from_args, resolve_device
 from unidet2.evaluation import ResultTable, evaluate_dataset
 from unidet2.evaluation.ap import BACKENDS
 from unidet2.evaluation.build import build_evaluator
@@ -141,25 +141,9 @@ def main(args: argparse.Namespace) -> dict:
 def cli() -> None:
     parser = build_parser()
     args = parser.parse_args()
-    if not args.config_file:
-        parser.error("--config-file is required")
-    # Load once before spawning workers, so that a wrong key or value fails here with one clear message.
-    try:
-        cfg = load_config(args.config_file, args.opts)
-    except (KeyError, ValueError) as error:
-        parser.error(error.args[0] if error.args else str(error))
     if not os.path.isfile(args.ckpt):
         parser.error(f"checkpoint not found: {args.ckpt}")
-    backend = "nccl" if resolve_device(cfg.train.device).startswith("cuda") else "gloo"
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-        backend=backend,
-    )
+    launch_from_args(main, parser, args)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,8 @@ import argparse
 
 from detectron2.engine import default_argument_parser
 
-from unidet2.engine import launch, load_config
+from unidet2.engine.run import launch_from_args
 from unidet2.engine.run import main as run_main
-from unidet2.engine.run import resolve_device
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -26,24 +25,7 @@ def main(args: argparse.Namespace) -> dict:
 
 def cli() -> None:
     parser = default_argument_parser()
-    args = parser.parse_args()
-    if not args.config_file:
-        parser.error("--config-file is required")
-    # Load once before spawning workers, so a wrong key or value fails here with a single clear message.
-    try:
-        cfg = load_config(args.config_file, args.opts)
-    except (KeyError, ValueError) as error:
-        parser.error(error.args[0] if error.args else str(error))
-    backend = "nccl" if resolve_device(cfg.train.device).startswith("cuda") else "gloo"
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-        backend=backend,
-    )
+    launch_from_args(main, parser, parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from .evaluation import do_test, has_test_sets
 from .preemption import PreemptionRequest, TrainingPreempted
 from .trainer import do_train
 
-__all__ = ["main", "resolve_device", "run", "setup"]
+__all__ = ["launch_from_args", "main", "resolve_device", "run", "setup"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ def run(
     eval_only: bool = False,
     preemption: PreemptionRequest | None = None,
 ) -> dict[str, Any]:
-    """Build the model, train it (unless ``eval_only``), evaluate on ``dataloader.test``.
+    """Register the config's datasets, build the model, train it (unless ``eval_only``), evaluate on
+    ``dataloader.test``.
 
     Args:
         cfg: loaded config (``load_config``), after :func:`setup`.
@@ -75,6 +76,10 @@ def run(
     Raises:
         TrainingPreempted: stopped on request and ``on_preempted`` returned (or was not given).
     """
+    # `dataset_registration`: LazyCalls that register the datasets the config names (e.g. generated ones),
+    # run first on every rank, before the model or a loader is built from them
+    for registration in cfg.get("dataset_registration") or []:
+        instantiate(registration)
     device = resolve_device(cfg.train.device)
     model = instantiate(cfg.model).to(device)
     logger.info("Model:\n%s", model)
@@ -116,3 +121,21 @@ def main(
         args = argparse.Namespace(config_file=config_file, opts=list(overrides), resume=resume, eval_only=eval_only)
     setup(cfg, args)
     return run(cfg, resume=resume, eval_only=eval_only, preemption=preemption)
+
+
+def launch_from_args(main_fn: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
+                     args: argparse.Namespace) -> None:
+    """The CLIs' entry (tools/train_net.py, tools/evaluate.py): load ``args.config_file`` with ``args.opts`` once,
+    so that a wrong key or value fails with one clear message before any worker starts, then run
+    ``main_fn(args)`` in ``args.num_gpus`` processes per machine (NCCL on GPUs, gloo on CPUs)."""
+    from .distributed import launch
+
+    if not args.config_file:
+        parser.error("--config-file is required")
+    try:
+        cfg = load_config(args.config_file, args.opts)
+    except (KeyError, ValueError) as error:
+        parser.error(error.args[0] if error.args else str(error))
+    backend = "nccl" if resolve_device(cfg.train.device).startswith("cuda") else "gloo"
+    launch(main_fn, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,), backend=backend)

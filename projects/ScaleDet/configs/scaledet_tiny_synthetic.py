@@ -12,16 +12,15 @@ Parametrised by the unified label space: ``scaledet.embeddings_file`` (C x D tex
         --out datasets/synthetic/metadata/scaledet_synth3_minilm.npy \
         --label-space datasets/synthetic/metadata/scaledet_synth3_labels.json
 
-TODO(lead): the train tool must call ``unidet2.data.synthetic.register_synthetic("datasets/synthetic")`` before
-instantiating ``dataloader`` (the dataset names below are the synthetic generator's), and the eval tool must set
-each test dataset's vocabulary with ``unidet2.modeling.set_vocabulary`` using ``test_vocabulary``.
+``dataset_registration`` registers the generated datasets before anything is built (the engine instantiates it
+first), and each test dataset is evaluated with its own vocabulary, encoded as ``dataloader.vocabulary`` says.
+Then: ``python tools/train_net.py --config-file projects/ScaleDet/configs/scaledet_tiny_synthetic.py``.
 """
 
 import torch
 from detectron2.config import LazyCall as L
 from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.data import transforms as T
-from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling.backbone import BasicStem, ResNet
 from detectron2.solver import WarmupParamScheduler
 from detectron2.solver.build import get_default_optimizer_params
@@ -32,6 +31,7 @@ from projects.ScaleDet.scaledet import dataset_columns_from_label_space, make_sm
 from unidet2.data.build import build_multi_dataset_train_loader
 from unidet2.data.label_space import UnifiedLabelSpace
 from unidet2.data.mapper import MultiDatasetMapper, build_resize_augmentation
+from unidet2.data.synthetic import register_synthetic
 
 from .common.scaledet_model import cascade_roi_heads, model, scaledet
 
@@ -74,9 +74,11 @@ dataloader.train = L(build_multi_dataset_train_loader)(
     ratios=[1.0, 1.0, 1.0],
     total_batch_size=4,
     num_workers=0,
+    seed=0,
 )
-dataloader.test = L(build_detection_test_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="synth_coco_val", filter_empty=False),
+# one loader per test dataset, made from this template; evaluators come from the datasets' evaluator_type
+dataloader.test_loader = L(build_detection_test_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="", filter_empty=False),  # set per test dataset
     mapper=L(MultiDatasetMapper)(
         is_train=False,
         augmentations=[L(T.ResizeShortestEdge)(short_edge_length=128, max_size=192)],
@@ -84,9 +86,10 @@ dataloader.test = L(build_detection_test_loader)(
     ),
     num_workers=0,
 )
-dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}", output_dir="${train.output_dir}")
-# How test vocabularies are encoded: the same encoder as scaledet.embeddings_file (TODO(lead): eval tool).
-test_vocabulary = {"encoder": "minilm", "prompts": None}
+dataloader.test = [name.replace("_train", "_val") for name in TRAIN_DATASETS] + ["odinw_toys_val", "odinw_space_val"]
+# how each test dataset's vocabulary is encoded: the same encoder as scaledet.embeddings_file
+dataloader.vocabulary = {"encoder": "minilm"}
+dataset_registration = [L(register_synthetic)(manifest_path_or_dir="datasets/synthetic")]
 
 # ---------------------------------------------------------------------------------------------- schedule
 optimizer = L(torch.optim.SGD)(
