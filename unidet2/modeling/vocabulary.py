@@ -188,6 +188,8 @@ def _set_num_classes(
     for classifier_name in classifiers:
         for ancestor_name in _ancestor_names(classifier_name):
             ancestor = modules[ancestor_name]
+            if isinstance(getattr(type(ancestor), "num_classes", None), property):
+                continue  # derived from its classifier (e.g. CoDETR): already up to date
             previous = getattr(ancestor, "num_classes", None)
             # Only plain int attributes: properties derived from the classifier update themselves.
             if isinstance(previous, int) and not isinstance(previous, bool):

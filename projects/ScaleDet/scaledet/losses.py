@@ -1,19 +1,16 @@
 """ScaleDet classification losses (hard label assignment, Eq. 6; soft label assignment, Eq. 7) and the
-per-dataset column helpers. Pure tensor functions, so they are testable on toy inputs. The label-similarity
-matrix Ŝ itself (Sec. 3.2) is computed by :func:`unidet2.data.label_space.label_similarity`.
+per-dataset column helpers. They live in :mod:`unidet2.modeling.label_assignment_losses` (Co-DETR uses them
+too); the names are re-exported here unchanged."""
 
-Conventions (detectron2's): ``gt_classes`` holds, per proposal, a class index in [0, C) for foreground, C for
-background and a negative value for "ignore". Every reading the paper leaves open is a keyword switch; the
-defaults are the recommended readings of ``/work/shared/methods/scaledet.md`` §9 (see the project README).
-"""
-
-from __future__ import annotations
-
-from collections.abc import Sequence
-from typing import Any
-
-import torch
-import torch.nn.functional as F
+from unidet2.modeling.label_assignment_losses import (
+    HARD_LOSS_NORMALIZATIONS,
+    SOFT_LOSS_NORMALIZATIONS,
+    concat_dataset_columns,
+    dataset_class_mask,
+    dataset_columns_from_label_space,
+    hard_label_loss,
+    soft_label_loss,
+)
 
 __all__ = [
     "HARD_LOSS_NORMALIZATIONS",
@@ -24,171 +21,3 @@ __all__ = [
     "hard_label_loss",
     "soft_label_loss",
 ]
-
-HARD_LOSS_NORMALIZATIONS = ("mean_classes", "sum_classes")
-SOFT_LOSS_NORMALIZATIONS = ("num_fg", "num_proposals")
-
-
-def concat_dataset_columns(num_classes_per_dataset: Sequence[int]) -> list[list[int]]:
-    """Columns of each dataset in a label space built by concatenation: dataset d owns
-    ``offset_d + arange(C_d)`` with ``offset_d = C_0 + ... + C_{d-1}``.
-
-    >>> concat_dataset_columns([2, 3])
-    [[0, 1], [2, 3, 4]]
-    """
-    columns, offset = [], 0
-    for count in num_classes_per_dataset:
-        if count <= 0:
-            raise ValueError(f"Every dataset needs at least one class, got {list(num_classes_per_dataset)}")
-        columns.append(list(range(offset, offset + int(count))))
-        offset += int(count)
-    return columns
-
-
-def dataset_columns_from_label_space(label_space: Any, dataset_names: Sequence[str] | None = None) -> list[list[int]]:
-    """Per-dataset unified columns from a label space with a ``label_map`` {dataset_name: local -> unified ids}
-    mapping (``unidet2.data.label_space.UnifiedLabelSpace`` or UniDet's json schema).
-
-    Args:
-        label_space: the label-space object.
-        dataset_names: training datasets in ``dataset_source`` order; default ``label_space.dataset_names``.
-    """
-    names = list(dataset_names) if dataset_names is not None else list(label_space.dataset_names)
-    label_map = label_space.label_map
-    missing = [name for name in names if name not in label_map]
-    if missing:
-        raise KeyError(f"Datasets {missing} are not in the label space (it has {sorted(label_map)})")
-    return [[int(c) for c in label_map[name]] for name in names]
-
-
-def dataset_class_mask(dataset_columns: Sequence[Sequence[int]], num_classes: int) -> torch.Tensor:
-    """(K, C) bool mask: row d is True on the unified-space columns of dataset d."""
-    mask = torch.zeros((len(dataset_columns), num_classes), dtype=torch.bool)
-    for dataset_index, columns in enumerate(dataset_columns):
-        columns = list(columns)
-        if not columns:
-            raise ValueError(f"Dataset {dataset_index} has no columns in the unified label space")
-        bad = [c for c in columns if not 0 <= c < num_classes]
-        if bad:
-            raise ValueError(
-                f"Dataset {dataset_index} has columns {bad[:5]} outside the unified label space of "
-                f"{num_classes} classes"
-            )
-        mask[dataset_index, columns] = True
-    return mask
-
-
-def _check_gt_classes(gt_classes: torch.Tensor, num_classes: int) -> None:
-    if gt_classes.numel() and int(gt_classes.max()) > num_classes:
-        raise ValueError(
-            f"gt_classes contains {int(gt_classes.max())}, outside [0, {num_classes}] for a vocabulary of "
-            f"{num_classes} classes (background = {num_classes}); are the annotations mapped to this "
-            "label space?"
-        )
-
-
-def hard_label_loss(
-    logits: torch.Tensor,
-    gt_classes: torch.Tensor,
-    *,
-    class_mask: torch.Tensor | None = None,
-    normalization: str = "mean_classes",
-) -> torch.Tensor:
-    """Hard label assignment, Eq. (6): sigmoid BCE of every proposal against every label.
-
-    Targets y_ij = 1 iff j is proposal i's GT class; background proposals have all-zero targets.
-    With M the (N, C) mask of counted entries (all ones, or the proposal's own dataset's columns when
-    negatives are partitioned) and N the number of non-ignored proposals:
-
-    * "mean_classes": L = 1/N sum_i [ 1/|M_i| sum_j M_ij BCE(z_ij, y_ij) ]   (= the paper's 1/|L| sum_j)
-    * "sum_classes":  L = 1/N sum_i sum_j M_ij BCE(z_ij, y_ij)              (Detic's normalisation)
-
-    Args:
-        logits: (N, C) class logits z = cos / tau (+ bias).
-        gt_classes: (N,) int64 in [0, C]; C = background; negative = ignored.
-        class_mask: optional (N, C) bool; a foreground GT column must be inside its row's mask.
-        normalization: one of :data:`HARD_LOSS_NORMALIZATIONS`.
-
-    Returns:
-        scalar tensor (0 connected to ``logits`` when no proposal is counted).
-    """
-    if normalization not in HARD_LOSS_NORMALIZATIONS:
-        raise ValueError(f"Unknown hard-loss normalisation {normalization!r}; expected {HARD_LOSS_NORMALIZATIONS}")
-    num_classes = logits.shape[1]
-    _check_gt_classes(gt_classes, num_classes)
-    valid = gt_classes >= 0
-    if not bool(valid.any()):
-        return logits.sum() * 0.0
-    logits, gt_classes = logits[valid], gt_classes[valid]
-
-    # One-hot over C + 1 columns, then drop the background column: background rows become all-zero.
-    targets = F.one_hot(gt_classes, num_classes + 1)[:, :num_classes].to(logits.dtype)
-    per_entry = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")  # (N, C)
-    if class_mask is None:
-        per_proposal = per_entry.sum(dim=1)
-        counted = torch.full_like(per_proposal, float(num_classes))
-    else:
-        class_mask = class_mask[valid]
-        fg = gt_classes < num_classes
-        if bool(fg.any()) and not bool(class_mask[fg, gt_classes[fg]].all()):
-            raise ValueError("A proposal's GT class lies outside its dataset's columns of the label space")
-        mask = class_mask.to(per_entry.dtype)
-        per_proposal = (per_entry * mask).sum(dim=1)
-        counted = mask.sum(dim=1).clamp(min=1.0)
-    if normalization == "mean_classes":
-        per_proposal = per_proposal / counted
-    return per_proposal.mean()
-
-
-def soft_label_loss(
-    predictions: torch.Tensor,
-    gt_classes: torch.Tensor,
-    similarity: torch.Tensor,
-    *,
-    exclude_gt: bool = True,
-    normalization: str = "num_fg",
-) -> torch.Tensor:
-    """Soft label assignment, Eq. (7): squared error between a foreground proposal's similarities to all
-    labels and the GT label's row of the (normalised) label-similarity matrix Ŝ.
-
-    For foreground proposal i with GT class g_i and J_i = {all j} (minus g_i when ``exclude_gt``):
-        l_i = 1/|J_i| sum_{j in J_i} (p_ij - Ŝ[g_i, j])^2
-    * "num_fg":        L = mean of l_i over foreground proposals
-    * "num_proposals": L = sum of l_i / number of non-ignored proposals (detectron2's box-loss convention)
-
-    Args:
-        predictions: (N, C) p_ij, either raw cosines c_ij or sigmoid probabilities σ(z_ij).
-        gt_classes: (N,) int64 in [0, C]; C = background (skipped); negative = ignored.
-        similarity: (C, C) normalised similarity matrix Ŝ.
-        exclude_gt: leave out the GT entry j = g_i (it is already supervised by Eq. 6).
-        normalization: one of :data:`SOFT_LOSS_NORMALIZATIONS`.
-
-    Returns:
-        scalar tensor (0 connected to ``predictions`` when there is no foreground proposal).
-    """
-    if normalization not in SOFT_LOSS_NORMALIZATIONS:
-        raise ValueError(f"Unknown soft-loss normalisation {normalization!r}; expected {SOFT_LOSS_NORMALIZATIONS}")
-    num_classes = predictions.shape[1]
-    if tuple(similarity.shape) != (num_classes, num_classes):
-        raise ValueError(
-            f"Similarity matrix has shape {tuple(similarity.shape)} but the classifier has {num_classes} "
-            "classes; the soft loss needs the training vocabulary (restore it after set_vocabulary)"
-        )
-    _check_gt_classes(gt_classes, num_classes)
-    fg = (gt_classes >= 0) & (gt_classes < num_classes)
-    if not bool(fg.any()):
-        return predictions.sum() * 0.0
-    fg_classes = gt_classes[fg]
-    targets = similarity[fg_classes].to(predictions.dtype)  # (F, C)
-    squared_error = (predictions[fg] - targets) ** 2
-    if exclude_gt and num_classes == 1:  # the GT is the only label: nothing left to relate it to
-        return predictions.sum() * 0.0
-    if exclude_gt:
-        keep = torch.ones_like(squared_error, dtype=torch.bool)
-        keep[torch.arange(len(fg_classes), device=keep.device), fg_classes] = False
-        per_proposal = (squared_error * keep.to(squared_error.dtype)).sum(dim=1) / (num_classes - 1)
-    else:
-        per_proposal = squared_error.mean(dim=1)
-    if normalization == "num_fg":
-        return per_proposal.mean()
-    return per_proposal.sum() / int((gt_classes >= 0).sum())

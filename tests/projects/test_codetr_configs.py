@@ -1,0 +1,119 @@
+"""Co-DETR configs: every file loads, the paper's hyper-parameters are where they should be, the models build,
+and the DETR augmentation produces both of its branches."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import transforms as T
+
+from projects.CoDETR.codetr import CoATSSHead, CoDETR, CoFasterRCNNHead
+from projects.CoDETR.codetr.data import RandomChoiceAugmentation, detr_train_augmentation
+from projects.CoDETR.codetr.optim import param_groups_with_lr_factors
+
+CONFIGS = Path(__file__).resolve().parents[2] / "projects" / "CoDETR" / "configs"
+ALL_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.py"))
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_torch_thread():
+    # Tiny models on 2 shared cores: with 2 intra-op threads, OpenMP's spinning workers make every op up to
+    # 10x slower whenever another process competes for the cores.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _load(name):
+    return LazyConfig.load(str(CONFIGS / name))
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_config_loads_with_engine_keys(name):
+    cfg = _load(name)
+    for key in ("model", "dataloader", "optimizer", "lr_multiplier", "train"):
+        assert key in cfg, f"{name} has no {key}"
+    assert cfg.train.max_iter > 0 and cfg.train.clip_grad.enabled and cfg.train.clip_grad.max_norm == 0.1
+
+
+def test_paper_hyper_parameters():
+    r50 = _load("co_deformable_detr_r50_1x_coco.py")
+    model = r50.model
+    assert (model.num_queries, model.lambda_1, model.lambda_2) == (300, 1.0, 2.0)
+    assert model.two_stage and model.with_box_refine and model.mixed_selection
+    assert model.transformer.look_forward_twice and model.transformer.ffn_dim == 2048
+    assert model.transformer.num_decoder_layers == 6 and model.transformer.dropout == 0.0
+    assert model.loss_weights == {"cls": 2.0, "bbox": 5.0, "giou": 2.0}
+    assert (model.max_positive_queries, model.min_positive_queries, model.zero_padding) == (300, 9, False)
+    assert r50.optimizer.lr == 2e-4 and r50.optimizer.weight_decay == 1e-4
+    assert r50.optimizer.params.lr_factors == {"backbone": 0.1, "sampling_offsets": 0.1, "reference_points": 0.1}
+    # 12 epochs of 118,287 images at batch 16, one step after epoch 11
+    assert r50.train.max_iter == 88716 and list(r50.lr_multiplier.milestones) == [81323]
+    r50_3x = _load("co_deformable_detr_r50_3x_coco.py")
+    assert r50_3x.train.max_iter == 266146 and list(r50_3x.lr_multiplier.milestones) == [221789]
+    swin = _load("co_deformable_detr_swin_large_900q_3x_coco.py")
+    assert swin.model.num_queries == 900 and swin.model.test_topk == 300
+    assert swin.model.backbone.drop_path_rate == 0.6 and swin.optimizer.weight_decay == 0.05
+    assert swin.model.neck.input_shapes["res5"].channels == 1536
+    lvis = _load("co_deformable_detr_r50_1x_lvis.py")
+    assert lvis.model.num_classes == 1203 and lvis.model.test_topk == 300
+    assert lvis.dataloader.train.sampler.repeat_factors.repeat_thresh == 0.001
+    assert lvis.dataloader.train.dataset.names == "lvis_v1_train"
+    assert _load("deformable_detr_r50_1x_coco.py").model.aux_heads == []
+
+
+def test_r50_models_build_with_equal_inference_parameters():
+    co_detr = instantiate(_load("co_deformable_detr_r50_1x_coco.py").model)
+    baseline = instantiate(_load("deformable_detr_r50_1x_coco.py").model)
+    assert isinstance(co_detr, CoDETR)
+    assert [type(h) for h in co_detr.aux_heads] == [CoFasterRCNNHead, CoATSSHead]
+    assert co_detr.aux_loss_scale == 12.0
+    assert co_detr.aux_heads[0].roi_heads.box_pooler.level_poolers.__len__() == 4
+    assert co_detr.aux_heads[1].num_classes == 80 and co_detr.aux_heads[0].num_classes == 80
+    assert co_detr.inference_parameter_count() == sum(p.numel() for p in baseline.parameters())
+    groups = param_groups_with_lr_factors(co_detr, base_lr=2e-4, weight_decay=1e-4,
+                                          lr_factors={"backbone": 0.1, "sampling_offsets": 0.1})
+    slow = next(g for g in groups if g["lr_factor"] == 0.1)
+    slow_ids = {id(p) for p in slow["params"]}
+    assert id(co_detr.transformer.encoder.layers[0].self_attn.sampling_offsets.weight) in slow_ids
+    assert id(co_detr.backbone.res5[0].conv1.weight) in slow_ids
+    assert id(co_detr.transformer.encoder.layers[0].self_attn.value_proj.weight) not in slow_ids
+    trained = {id(p) for g in groups for p in g["params"]}
+    assert id(co_detr.backbone.stem.conv1.weight) not in trained  # frozen_stages=1: stem and res2
+    assert id(co_detr.backbone.res2[0].conv1.weight) not in trained
+    assert id(co_detr.backbone.res3[0].conv1.weight) in trained
+
+
+@pytest.mark.parametrize("name", ["co_deformable_detr_synthetic.py", "deformable_detr_synthetic.py"])
+def test_synthetic_models_build(name):
+    model = instantiate(_load(name).model)
+    assert model.num_classes == 6 and model.transformer.decoder.num_layers == 2
+    assert len(model.aux_heads) == (2 if name.startswith("co_") else 0)
+
+
+def test_detr_augmentation_uses_both_branches():
+    augmentations = detr_train_augmentation(min_sizes=(64, 80), max_size=120, crop_resize_sizes=(90,),
+                                            crop_size=(40, 60))
+    assert isinstance(augmentations[1], RandomChoiceAugmentation)
+    np.random.seed(0)
+    branches = set()
+    for _ in range(20):
+        aug_input = T.AugInput(np.zeros((100, 150, 3), dtype=np.uint8), boxes=np.array([[10.0, 10.0, 60.0, 50.0]]))
+        transforms = T.AugmentationList(augmentations)(aug_input)
+        names = [type(t).__name__ for t in transforms.transforms]
+        branches.add("CropTransform" in names)
+        assert min(aug_input.image.shape[:2]) in (64, 80) and max(aug_input.image.shape[:2]) <= 120
+    assert branches == {True, False}
+    with pytest.raises(ValueError):
+        RandomChoiceAugmentation([[T.RandomFlip()]], probabilities=[0.5])
+
+
+def test_param_groups_skip_frozen_and_apply_factors():
+    model = torch.nn.ModuleDict({"backbone": torch.nn.Linear(2, 2), "head": torch.nn.Linear(2, 2)})
+    model["head"].bias.requires_grad_(False)
+    groups = param_groups_with_lr_factors(model, 1.0, 0.5, {"backbone": 0.1})
+    assert [(g["lr"], len(g["params"]), g["weight_decay"]) for g in groups] == [(1.0, 1, 0.5), (0.1, 2, 0.5)]
