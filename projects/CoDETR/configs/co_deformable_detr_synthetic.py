@@ -3,8 +3,9 @@
     python -m unidet2.data.synthetic --out datasets/synthetic --preset test
     python tools/train_net.py --config-file projects/CoDETR/configs/co_deformable_detr_synthetic.py
 
-The datasets are those of ``unidet2.data.synthetic.register_synthetic("datasets/synthetic")`` (the train tool
-registers them). ``deformable_detr_synthetic.py`` is the same model without auxiliary heads.
+The datasets are those of ``unidet2.data.synthetic.register_synthetic("datasets/synthetic")``, which
+``dataset_registration`` runs before anything is built. ``deformable_detr_synthetic.py`` is the same model
+without auxiliary heads.
 """
 
 import torch
@@ -16,11 +17,13 @@ from omegaconf import OmegaConf
 
 from projects.CoDETR.codetr.optim import param_groups_with_lr_factors
 from unidet2.data.mapper import MultiDatasetMapper
+from unidet2.data.synthetic import register_synthetic
 
 from .models.co_deformable_detr_tiny import model
 
 model.num_classes = 6
 
+dataset_registration = [L(register_synthetic)(manifest_path_or_dir="datasets/synthetic")]
 dataloader = OmegaConf.create()
 dataloader.train = L(build_detection_train_loader)(
     dataset=L(get_detection_dataset_dicts)(names="synth_coco_train", filter_empty=False),

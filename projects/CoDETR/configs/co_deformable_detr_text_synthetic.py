@@ -20,7 +20,7 @@ from unidet2.data.build import build_multi_dataset_train_loader
 from unidet2.data.label_space import UnifiedLabelSpace
 from unidet2.modeling.text_classifier import TextEmbeddingClassifier
 
-from .co_deformable_detr_synthetic import dataloader, lr_multiplier, model, optimizer, train
+from .co_deformable_detr_synthetic import dataloader, dataset_registration, lr_multiplier, model, optimizer, train
 
 TRAIN_DATASETS = ["synth_coco_train", "synth_objects_train", "synth_signs_train"]
 label_space = {
