@@ -14,7 +14,7 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 from projects.ScaleDet.scaledet import dataset_columns_from_label_space
 from unidet2.data.label_space import UnifiedLabelSpace
 
-from .common.data_4ds import UPSTREAM_TRAIN, dataloader, label_space, test_vocabulary
+from .common.data_4ds import UPSTREAM_TRAIN, dataloader, label_space
 from .common.scaledet_model import model, scaledet
 
 scaledet.embeddings_file = "${label_space.embeddings_file}"

@@ -8,7 +8,6 @@ from .scaledet_R50_cascade_4ds import (
     model,
     optimizer,
     scaledet,
-    test_vocabulary,
     train,
 )
 

@@ -17,7 +17,6 @@ from .scaledet_R50_cascade_4ds import (
     lr_multiplier,
     model,
     scaledet,
-    test_vocabulary,
     train,
 )
 
@@ -33,10 +32,9 @@ model.pixel_std = [58.395, 57.120, 57.375]
 model.input_format = "RGB"
 dataloader.train.mapper.image_format = "RGB"
 dataloader.train.mapper.augmentations.image_size = 896
-for _loader in [dataloader.test, *dataloader.tests.values()]:
-    _loader.mapper.image_format = "RGB"
-    _loader.mapper.augmentations[0].short_edge_length = 896
-    _loader.mapper.augmentations[0].max_size = 896
+dataloader.test_loader.mapper.image_format = "RGB"
+dataloader.test_loader.mapper.augmentations[0].short_edge_length = 896
+dataloader.test_loader.mapper.augmentations[0].max_size = 896
 
 optimizer = L(torch.optim.AdamW)(
     params=L(get_default_optimizer_params)(weight_decay_norm=0.0),

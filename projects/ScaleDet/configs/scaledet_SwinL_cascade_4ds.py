@@ -10,7 +10,6 @@ from .scaledet_SwinB_cascade_4ds import (
     model,
     optimizer,
     scaledet,
-    test_vocabulary,
     train,
 )
 

@@ -21,7 +21,7 @@ dataloader.test_loader.mapper.augmentations[0].short_edge_length = 192
 dataloader.test_loader.mapper.augmentations[0].max_size = 320
 dataset_registration[0].manifest_path_or_dir = "datasets/synthetic_demo"
 
-MAX_ITER = 1500
+MAX_ITER = 1000
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.02),
     warmup_length=100 / MAX_ITER,
@@ -32,7 +32,7 @@ optimizer.lr = 0.02
 train.output_dir = "output/scaledet_demo"
 train.max_iter = MAX_ITER
 train.seed = 0
-train.checkpointer = {"period": 500, "max_to_keep": 2}
+train.checkpointer = {"period": 250, "max_to_keep": 2}
 train.eval_period = 0
 train.log_period = 20
 train.clip_grad = {"enabled": True, "max_norm": 10.0, "norm_type": 2.0}

@@ -10,16 +10,14 @@ Build the label space and its embeddings once (CLIP ViT-B/32 text tower, "a phot
         --encoder openclip --model ViT-B-32 --pretrained openai \
         --out datasets/metadata/scaledet_4ds_clip_vitb32.npy --label-space datasets/metadata/scaledet_4ds_labels.json
 
-TODO(lead): (1) check these kwargs against the final unidet2.data.build / mapper API; (2) the eval tool must
-loop over ``dataloader.tests`` / ``dataloader.evaluators`` and call ``set_vocabulary`` with that dataset's
-vocabulary (encoded with ``test_vocabulary``) before each; (3) the OpenImages evaluator ("oid" evaluator_type)
-comes from unidet2.evaluation and is not wired here.
+Every upstream val set is evaluated with its own vocabulary (encoded as ``dataloader.vocabulary`` says) by the
+evaluator its ``evaluator_type`` names (unidet2.evaluation: LVIS federated AP with 300 detections per image, COCO
+AP). OpenImages' own metric (AP50 with the class hierarchy) is not implemented: its val set is not in the list.
 """
 
 from detectron2.config import LazyCall as L
 from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.data import transforms as T
-from detectron2.evaluation import COCOEvaluator, LVISEvaluator
 from omegaconf import OmegaConf
 
 from unidet2.data.build import build_multi_dataset_train_loader
@@ -51,28 +49,18 @@ dataloader.train = L(build_multi_dataset_train_loader)(
 )
 
 
-def _test_loader(name, short_edge=640, max_size=640):
-    return L(build_detection_test_loader)(
-        dataset=L(get_detection_dataset_dicts)(names=name, filter_empty=False),
-        mapper=L(MultiDatasetMapper)(
-            is_train=False,
-            augmentations=[L(T.ResizeShortestEdge)(short_edge_length=short_edge, max_size=max_size)],
-            image_format="BGR",
-        ),
-        num_workers=4,
-    )
-
-
-# The standard single test set (what detectron2's lazyconfig_train_net evaluates): LVIS v1 val, 300 dets.
-dataloader.test = _test_loader("lvis_v1_val")
-dataloader.evaluator = L(LVISEvaluator)(dataset_name="lvis_v1_val", max_dets_per_image=300)
-# Every upstream test set, each with its own vocabulary (set_vocabulary before evaluating it).
-dataloader.tests = {name: _test_loader(name) for name in UPSTREAM_TEST}
-dataloader.evaluators = {
-    "lvis_v1_val": L(LVISEvaluator)(dataset_name="lvis_v1_val", max_dets_per_image=300),
-    "coco_2017_val": L(COCOEvaluator)(dataset_name="coco_2017_val"),
-    "objects365_v2_val": L(COCOEvaluator)(dataset_name="objects365_v2_val"),
-    # "openimages_challenge2019_val": TODO(lead) unidet2.evaluation OID evaluator (AP50, hierarchy, group-of).
+# one loader per test dataset from this template; evaluators come from the datasets' evaluator_type
+dataloader.test_loader = L(build_detection_test_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="", filter_empty=False),  # set per test dataset
+    mapper=L(MultiDatasetMapper)(
+        is_train=False,
+        augmentations=[L(T.ResizeShortestEdge)(short_edge_length=640, max_size=640)],
+        image_format="BGR",
+    ),
+    num_workers=4,
+)
+dataloader.test = [name for name in UPSTREAM_TEST if not name.startswith("openimages")]
+# test vocabularies are encoded with the encoder of the training embeddings
+dataloader.vocabulary = {
+    "encoder": "openclip", "model": "ViT-B-32", "pretrained": "openai", "prompts": "a photo of a {}."
 }
-# Test vocabularies are encoded with the encoder of the training embeddings.
-test_vocabulary = {"encoder": "openclip", "model": "ViT-B-32", "pretrained": "openai", "prompts": "a photo of a {}."}
