@@ -31,6 +31,7 @@ help:
 	@echo "make lint     ruff"
 	@echo "make bench    benchmarks (JSON + markdown tables under benchmarks/results/)"
 	@echo "make eval-coco|eval-lvis|eval-odinw CONFIG=<cfg.py> CKPT=<model.pth>  evaluate a checkpoint"
+	@echo "make train-stage1|train-stage2|train-stage3|train-longtail [LAUNCHER=local|slurm]  step-wise long-tail stages"
 
 install: $(STAMP)
 
@@ -82,3 +83,27 @@ eval-odinw: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Step-wise long-tail learning (projects/LongTail/README.md): stage 1 pre-trains, stage 2 mines exemplars and trains
+# the head expert, stage 3 the unified model; each reads the previous stage's outputs under
+# $(OUTPUT)/pipelines/$(LONGTAIL_PIPELINE)/<stage> and refuses to start without them. LAUNCHER=local runs here,
+# LAUNCHER=slurm submits through launch/ with afterok chaining (SLURM options in LONGTAIL_ARGS, e.g.
+# LONGTAIL_ARGS="--partition gpu --gpus-per-node 8 --time 48:00"). LONGTAIL_PIPELINE=longtail_lvis_v1 for LVIS v1.
+.PHONY: train-stage1 train-stage2 train-stage3 train-longtail
+LAUNCHER ?= local
+LONGTAIL_PIPELINE ?= longtail_synthetic
+LONGTAIL_ARGS ?=
+LONGTAIL_STAGES = $(PY) -m projects.LongTail.longtail.stages --pipeline $(LONGTAIL_PIPELINE) --launcher $(LAUNCHER) \
+	--output-root $(OUTPUT)/pipelines $(LONGTAIL_ARGS)
+
+train-stage1: install
+	$(LONGTAIL_STAGES) stage1
+
+train-stage2: install
+	$(LONGTAIL_STAGES) stage2
+
+train-stage3: install
+	$(LONGTAIL_STAGES) stage3
+
+train-longtail: install
+	$(LONGTAIL_STAGES) all

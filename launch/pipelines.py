@@ -109,3 +109,66 @@ register_pipeline(
         ),
     )
 )
+
+# ------------------------------------------------------------------------------------------------------------
+# Step-wise long-tail learning (projects/LongTail): pre-train -> mine exemplars -> head expert -> unified model.
+# `python -m projects.LongTail.longtail.stages` runs the same stages locally and gathers the AP table.
+_LONGTAIL_CONFIGS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "projects", "LongTail", "configs"
+)
+
+
+def _longtail_pipeline(name: str, config_prefix: str, description: str) -> Pipeline:
+    prefix = os.path.join(_LONGTAIL_CONFIGS, config_prefix)
+    return Pipeline(
+        name,
+        description=description,
+        stages=(
+            Stage("stage1", f"{prefix}_stage1.py"),
+            Stage(
+                "mine",
+                f"{prefix}_mine.py",
+                inputs={"longtail.stage1_checkpoint": "{stage1.checkpoint}"},
+                eval_only=True,
+            ),
+            Stage(
+                "stage2",
+                f"{prefix}_stage2.py",
+                inputs={
+                    "longtail.stage1_checkpoint": "{stage1.checkpoint}",
+                    "longtail.mining_dir": "{mine.output_dir}",
+                },
+            ),
+            Stage(
+                "stage3",
+                f"{prefix}_stage3.py",
+                inputs={
+                    "longtail.head_expert_checkpoint": "{stage2.checkpoint}",
+                    "longtail.mining_dir": "{mine.output_dir}",
+                },
+            ),
+        ),
+    )
+
+
+register_pipeline(
+    _longtail_pipeline(
+        "longtail_synthetic",
+        "scaledet_tiny_synthetic",
+        "Step-wise long-tail learning, tiny ScaleDet R-CNN on the synthetic 'longtail' preset (CPU)",
+    )
+)
+register_pipeline(
+    _longtail_pipeline(
+        "longtail_lvis_v1",
+        "scaledet_R50_cascade_lvis_v1",
+        "Step-wise long-tail learning, ScaleDet R50-FPN Cascade R-CNN on LVIS v1",
+    )
+)
+register_pipeline(
+    _longtail_pipeline(
+        "longtail_detr_synthetic",
+        "deformable_detr_tiny_synthetic",
+        "Step-wise long-tail learning, tiny Deformable-DETR (the paper's detector) on the synthetic 'longtail' preset",
+    )
+)

@@ -366,7 +366,7 @@ def test_register_synthetic_records_follow_conventions(generated):
         if entry["format"] == "lvis":
             negatives = [c for r in records for c in r["neg_category_ids"]]
             assert negatives and all(0 <= c < num_classes for c in negatives)
-            assert meta.frequencies == entry["frequencies"]
+            assert meta.class_frequency == entry["frequencies"]
         if entry["format"] == "coco_panoptic":
             assert meta.stuff_classes == entry["vocabulary"] and meta.label_divisor == 1000
             for record in records:
@@ -392,3 +392,17 @@ def test_every_preset_is_defined_with_unique_dataset_names():
         bases = [spec.name for spec in preset.datasets]
         assert len(bases) == len(set(bases)), name
     assert {"test", "demo", "longtail", "panoptic"} <= PRESETS.keys()
+
+
+def test_synthetic_lvis_frequency_groups_through_the_dataset_api(tmp_path):
+    from detectron2.data import MetadataCatalog
+
+    from unidet2.data.datasets import get_frequency_groups
+    from unidet2.data.synthetic import generate_synthetic, register_synthetic
+
+    names = register_synthetic(generate_synthetic(tmp_path / "synthetic", preset="test"), name_prefix="fg_")
+    lvis_train = next(name for name in names if name.endswith("lvis_train"))
+    groups = get_frequency_groups(lvis_train)
+    vocabulary = MetadataCatalog.get(lvis_train).vocabulary
+    assert sorted(groups["r"] + groups["c"] + groups["f"]) == list(range(len(vocabulary)))
+    assert all(groups[key] for key in "rcf")

@@ -84,7 +84,7 @@ def _lvis_dataset(entry: dict, root: Path, name: str) -> tuple[Callable[[], list
         thing_classes=list(entry["vocabulary"]),
         thing_dataset_id_to_contiguous_id={k + 1: k for k in range(num_classes)},
         json_file=json_file,
-        frequencies=list(entry["frequencies"]),
+        class_frequency=list(entry["frequencies"]),
         class_image_count=[{"id": k + 1, "image_count": n} for k, n in enumerate(entry["image_counts"])],
         frequency_thresholds=entry["frequency_thresholds"],
     )

@@ -1,0 +1,1 @@
+"""Step-wise learning on smooth-tail data for long-tailed detection (Dong et al., ICCV 2023)."""
