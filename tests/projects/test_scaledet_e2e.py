@@ -11,10 +11,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from projects.ScaleDet.scaledet.main_job import run_main_job
 from unidet2.engine.evaluation import do_test
 
-ITERATIONS = 300
-# Measured with this config and seed (see the commit that set them): upstream box AP 26-40 on the three val sets
-# after 300 iterations; a model that classifies with the wrong names scores far lower.
-MIN_UPSTREAM_AP = 12.0
+ITERATIONS = 500
+# Measured with this config and seed (1 CPU thread): box AP 37.4 / 20.2 / 43.4 on the three upstream val sets
+# (28.5 / 6.1 zero-shot downstream) after 500 iterations; evaluated with each vocabulary rotated by one name
+# (a classifier that ignores the names) 10.0 / 10.0 / 11.5; an untrained model < 1. (After 300 iterations the
+# default 1/|L| normalisation of the hard loss has not yet made the classifier discriminative.)
+MIN_UPSTREAM_AP = 15.0
+MIN_MEAN_UPSTREAM_AP = 25.0
 
 
 @pytest.fixture(scope="module")
@@ -29,18 +32,26 @@ def trained(tmp_path_factory):
         "dataloader.test_loader.mapper.augmentations.0.short_edge_length=128",
         "dataloader.test_loader.mapper.augmentations.0.max_size=192",
     ]
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    result = run_main_job(root / "out", root / "data", preset="test", images_per_dataset=1, overrides=overrides)
+    # One thread: the numbers above were measured so (and are reproduced exactly), and two threads slow down
+    # several times over when anything else runs on the 2 cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = run_main_job(root / "out", root / "data", preset="test", images_per_dataset=1, overrides=overrides)
+    finally:
+        torch.set_num_threads(threads)
     return root / "out", result
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # includes the 500 training iterations of the fixture
 def test_tiny_scaledet_learns_every_upstream_dataset(trained):
     output, result = trained
     upstream = [row for row in result["rows"] if row["role"] == "upstream"]
     assert [row["dataset"] for row in upstream] == ["synth_coco_val", "synth_objects_val", "synth_signs_val"]
     for row in upstream:
         assert row["AP"] > MIN_UPSTREAM_AP, row
+    assert np.mean([row["AP"] for row in upstream]) > MIN_MEAN_UPSTREAM_AP
     # the reports of the main job
     table = json.loads((output / "ap_table.json").read_text())
     assert table["max_iter"] == ITERATIONS and len(table["rows"]) == 5
@@ -48,32 +59,33 @@ def test_tiny_scaledet_learns_every_upstream_dataset(trained):
     assert (output / "training_curves.png").stat().st_size > 10_000
     assert len(list((output / "visualizations").glob("*.png"))) == 5
     metrics = [json.loads(line) for line in (output / "metrics.json").read_text().splitlines()]
-    losses = [m["total_loss"] for m in metrics if "total_loss" in m]
-    assert losses[-1] < losses[0]
+    rpn_losses = [m["loss_rpn_cls"] for m in metrics if "loss_rpn_cls" in m]
+    assert rpn_losses[-1] < 0.5 * rpn_losses[0]  # (box losses grow early on, as proposals become foreground)
     assert any(key.startswith("loss/synth_") for m in metrics for key in m)  # per-dataset loss counters
 
 
 @pytest.mark.slow
 def test_ap_depends_on_the_vocabulary_embeddings(trained):
-    """A broken classifier — each val set evaluated with its class names rotated by one — misses the bar."""
+    """A broken classifier (the val sets evaluated with their class names rotated by one) misses the bars."""
     _, result = trained
     model, cfg = result["model"], result["cfg"]
-    name = "synth_coco_val"
-    metadata = MetadataCatalog.get(name)
-    vocabulary = list(metadata.vocabulary)
-    rotated = vocabulary[1:] + vocabulary[:1]
-    synonyms = metadata.get("synonyms", None)
-    # metadata values cannot be changed once set: evaluate a copy of the dataset under another name
-    broken_name = f"{name}_rotated_vocabulary"
-    MetadataCatalog.get(broken_name).set(**{k: v for k, v in metadata.as_dict().items() if k != "name"})
-    MetadataCatalog.get(broken_name).set(vocabulary=rotated, synonyms=synonyms[1:] + synonyms[:1] if synonyms else None)
-    DatasetCatalog.register(broken_name, lambda: DatasetCatalog.get(name))
-    try:
-        cfg.dataloader.test = [broken_name]
-        broken = do_test(cfg, model, tag="rotated")[broken_name]["bbox"]["AP"]
-    finally:
-        DatasetCatalog.remove(broken_name)
-        MetadataCatalog.remove(broken_name)
-    good = next(row["AP"] for row in result["rows"] if row["dataset"] == name)
-    assert broken < MIN_UPSTREAM_AP and broken < 0.5 * good, (broken, good)
-    assert np.isfinite(broken)
+    good = {row["dataset"]: row["AP"] for row in result["rows"] if row["role"] == "upstream"}
+    broken = {}
+    for name in good:
+        metadata = MetadataCatalog.get(name)
+        vocabulary, synonyms = list(metadata.vocabulary), metadata.get("synonyms", None)
+        # metadata values cannot be changed once set: evaluate a copy of the dataset under another name
+        broken_name = f"{name}_rotated_vocabulary"
+        broken_metadata = {key: value for key, value in metadata.as_dict().items() if key != "name"}
+        broken_metadata.update(vocabulary=vocabulary[1:] + vocabulary[:1],
+                               synonyms=synonyms[1:] + synonyms[:1] if synonyms else None)
+        MetadataCatalog.get(broken_name).set(**broken_metadata)
+        DatasetCatalog.register(broken_name, lambda name=name: DatasetCatalog.get(name))
+        try:
+            cfg.dataloader.test = [broken_name]
+            broken[name] = do_test(cfg, model, tag="rotated")[broken_name]["bbox"]["AP"]
+        finally:
+            DatasetCatalog.remove(broken_name)
+            MetadataCatalog.remove(broken_name)
+    assert all(np.isfinite(ap) and ap < MIN_UPSTREAM_AP for ap in broken.values()), broken
+    assert np.mean(list(broken.values())) < 0.5 * np.mean(list(good.values())), (broken, good)
