@@ -1,4 +1,4 @@
-"""Backbones for the ScaleDet configs: a small ResNet (CPU tests/synthetic runs) and timm's Swin Transformer.
+"""Backbones for the ScaleDet configs: timm's Swin Transformer, and unidet2's small ResNet (CPU runs).
 
 The Swin wrapper reuses timm's implementation (pinned in requirements.txt) instead of copying Swin code as
 Detic does: timm's Swin pads windows for any input size (``strict_img_size=False``) and exposes NCHW
@@ -12,44 +12,14 @@ from collections.abc import Sequence
 import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import Backbone
-from detectron2.modeling.backbone.resnet import BasicBlock, ResNet
+
+from unidet2.modeling.backbone import small_resnet_stages
 
 __all__ = ["TimmSwinBackbone", "make_small_resnet_stages"]
 
 
-def make_small_resnet_stages(
-    stem_channels: int = 16,
-    widths: Sequence[int] = (16, 32, 64, 128),
-    blocks_per_stage: Sequence[int] = (1, 1, 1, 1),
-    norm: str = "BN",
-) -> list[list[torch.nn.Module]]:
-    """ResNet-18-style stages (BasicBlocks, strides 1/2/2/2 after the stem) with narrow widths.
-
-    Args:
-        stem_channels: output channels of the stem (input channels of res2).
-        widths: output channels of res2..res5.
-        blocks_per_stage: BasicBlocks per stage.
-        norm: "BN", "GN", "SyncBN", ... (not "FrozenBN": randomly initialised FrozenBN ResNets diverge).
-
-    Returns:
-        stages for :class:`detectron2.modeling.backbone.ResNet`.
-    """
-    if len(widths) != 4 or len(blocks_per_stage) != 4:
-        raise ValueError("widths and blocks_per_stage need 4 entries (res2..res5)")
-    stages, in_channels = [], stem_channels
-    for width, num_blocks, first_stride in zip(widths, blocks_per_stage, (1, 2, 2, 2)):
-        stages.append(
-            ResNet.make_stage(
-                BasicBlock,
-                num_blocks,
-                in_channels=in_channels,
-                out_channels=width,
-                stride_per_block=[first_stride] + [1] * (num_blocks - 1),
-                norm=norm,
-            )
-        )
-        in_channels = width
-    return stages
+# the narrow ResNet stages of the CPU configs are unidet2's (shared with DaTaSeg)
+make_small_resnet_stages = small_resnet_stages
 
 
 class TimmSwinBackbone(Backbone):
