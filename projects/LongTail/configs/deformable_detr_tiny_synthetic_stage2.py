@@ -2,19 +2,12 @@
 (``input_proj``) trained on the head-dominant set with stage-2 step-wise RFS, all lrs x 0.1 (released), 320
 iterations [I]."""
 
-from projects.LongTail.longtail import DETR_TRAINABLE, STEPWISE_REPEAT
+from projects.LongTail.longtail import DETR_TRAINABLE
 
 from .common.deformable_detr_tiny_synthetic import adamw, dataloader, longtail, model, step_schedule, train_settings
+from .common.stages import head_expert_stage
 
-model.init_weights = "${longtail.stage1_checkpoint}"
-model.init_weights_hint = "stage 2 fine-tunes the stage-1 model; run `make train-stage1` first"
-model.trainable_parameters = list(DETR_TRAINABLE)
-
-dataloader.train.dataset_name = "${longtail.dataset}_head_dominant"
-dataloader.train.replay_json = "${longtail.mining_dir}/replay/head_dominant.json"
-dataloader.train.base_dataset = "${longtail.dataset}"
-dataloader.train.sampling = "stepwise"
-dataloader.train.group_repeat = STEPWISE_REPEAT["stage2"]
+head_expert_stage(model, dataloader, DETR_TRAINABLE)
 
 MAX_ITER = 320
 optimizer = adamw(5e-5)

@@ -3,30 +3,12 @@ step-wise RFS, feature distillation on the neck levels (head-class boxes, λ 1) 
 through the shared object queries (the teacher's decoder states, head-class columns, λ 0.1 per decoder layer) from
 the frozen head expert, which also initialises the student [I]. 320 iterations, lr drop at half [I]."""
 
-import copy
-
-from detectron2.config import LazyCall as L
-
-from projects.LongTail.longtail import DETR_TRAINABLE, STEPWISE_REPEAT, head_class_ids, load_frozen_teacher
+from projects.LongTail.longtail import DETR_TRAINABLE
 
 from .common.deformable_detr_tiny_synthetic import adamw, dataloader, longtail, model, step_schedule, train_settings
+from .common.stages import unified_stage
 
-teacher = copy.deepcopy(model)
-model.teacher = L(load_frozen_teacher)(model=teacher, checkpoint="${longtail.head_expert_checkpoint}")
-model.head_classes = L(head_class_ids)(
-    dataset_name="${longtail.dataset}",
-    synthetic_root="${longtail.synthetic_root}",
-    boundaries="${longtail.group_boundaries}",
-)
-model.init_weights = "${longtail.head_expert_checkpoint}"
-model.init_weights_hint = "stage 3 starts from the head expert; run `make train-stage2` first"
-model.trainable_parameters = list(DETR_TRAINABLE)
-
-dataloader.train.dataset_name = "${longtail.dataset}_tail_dominant"
-dataloader.train.replay_json = "${longtail.mining_dir}/replay/tail_dominant.json"
-dataloader.train.base_dataset = "${longtail.dataset}"
-dataloader.train.sampling = "stepwise"
-dataloader.train.group_repeat = STEPWISE_REPEAT["stage3"]
+unified_stage(model, dataloader, DETR_TRAINABLE)
 
 MAX_ITER = 320
 optimizer = adamw(5e-4)

@@ -3,19 +3,12 @@ set, stage-2 step-wise RFS. Schedule [I]: 1 epoch (released ``epochs_l0=1``) ~ 6
 lr 0.002 (x0.1 of stage 1, as released), constant.
 """
 
-from projects.LongTail.longtail import RCNN_TRAINABLE, STEPWISE_REPEAT
+from projects.LongTail.longtail import RCNN_TRAINABLE
 
 from .common.scaledet_R50_lvis_v1 import dataloader, longtail, model, scaledet, sgd, step_schedule, train_settings
+from .common.stages import head_expert_stage
 
-model.init_weights = "${longtail.stage1_checkpoint}"
-model.init_weights_hint = "stage 2 fine-tunes the stage-1 model; run `make train-stage1` first"
-model.trainable_parameters = list(RCNN_TRAINABLE)
-
-dataloader.train.dataset_name = "${longtail.dataset}_head_dominant"
-dataloader.train.replay_json = "${longtail.mining_dir}/replay/head_dominant.json"
-dataloader.train.base_dataset = "${longtail.dataset}"
-dataloader.train.sampling = "stepwise"
-dataloader.train.group_repeat = STEPWISE_REPEAT["stage2"]
+head_expert_stage(model, dataloader, RCNN_TRAINABLE)
 
 MAX_ITER = 6300
 optimizer = sgd(0.002)

@@ -5,30 +5,12 @@ Schedule [I]: 2 epochs (released ``epochs_l1=2``, lr drop after the first) of th
 iterations of batch 16, lr 0.02.
 """
 
-import copy
-
-from detectron2.config import LazyCall as L
-
-from projects.LongTail.longtail import RCNN_TRAINABLE, STEPWISE_REPEAT, head_class_ids, load_frozen_teacher
+from projects.LongTail.longtail import RCNN_TRAINABLE
 
 from .common.scaledet_R50_lvis_v1 import dataloader, longtail, model, scaledet, sgd, step_schedule, train_settings
+from .common.stages import unified_stage
 
-teacher = copy.deepcopy(model)
-model.teacher = L(load_frozen_teacher)(model=teacher, checkpoint="${longtail.head_expert_checkpoint}")
-model.head_classes = L(head_class_ids)(
-    dataset_name="${longtail.dataset}",
-    synthetic_root="${longtail.synthetic_root}",
-    boundaries="${longtail.group_boundaries}",
-)
-model.init_weights = "${longtail.head_expert_checkpoint}"
-model.init_weights_hint = "stage 3 starts from the head expert; run `make train-stage2` first"
-model.trainable_parameters = list(RCNN_TRAINABLE)
-
-dataloader.train.dataset_name = "${longtail.dataset}_tail_dominant"
-dataloader.train.replay_json = "${longtail.mining_dir}/replay/tail_dominant.json"
-dataloader.train.base_dataset = "${longtail.dataset}"
-dataloader.train.sampling = "stepwise"
-dataloader.train.group_repeat = STEPWISE_REPEAT["stage3"]
+unified_stage(model, dataloader, RCNN_TRAINABLE)
 
 MAX_ITER = 6000
 optimizer = sgd(0.02)

@@ -8,7 +8,7 @@ Schedule [I]: 1 epoch of the replay set (released ``epochs_l0=1``) ~ 320 iterati
 ~1.27k images; lr x 0.1 of stage 1 (released: all trainable lrs x 0.1).
 """
 
-from projects.LongTail.longtail import RCNN_TRAINABLE, STEPWISE_REPEAT
+from projects.LongTail.longtail import RCNN_TRAINABLE
 
 from .common.scaledet_tiny_synthetic import (
     dataloader,
@@ -19,16 +19,9 @@ from .common.scaledet_tiny_synthetic import (
     step_schedule,
     train_settings,
 )
+from .common.stages import head_expert_stage
 
-model.init_weights = "${longtail.stage1_checkpoint}"
-model.init_weights_hint = "stage 2 fine-tunes the stage-1 model; run `make train-stage1` first"
-model.trainable_parameters = list(RCNN_TRAINABLE)
-
-dataloader.train.dataset_name = "${longtail.dataset}_head_dominant"
-dataloader.train.replay_json = "${longtail.mining_dir}/replay/head_dominant.json"
-dataloader.train.base_dataset = "${longtail.dataset}"
-dataloader.train.sampling = "stepwise"
-dataloader.train.group_repeat = STEPWISE_REPEAT["stage2"]
+head_expert_stage(model, dataloader, RCNN_TRAINABLE)
 
 MAX_ITER = 320
 optimizer = sgd(0.002)

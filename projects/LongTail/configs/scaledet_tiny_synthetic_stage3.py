@@ -9,11 +9,7 @@ Schedule [I]: 2 epochs of the replay set (released ``epochs_l1=2``, lr drop afte
 iterations of batch 4 for its ~640 images; lr of stage 1 (released: 2e-4, the base lr).
 """
 
-import copy
-
-from detectron2.config import LazyCall as L
-
-from projects.LongTail.longtail import RCNN_TRAINABLE, STEPWISE_REPEAT, head_class_ids, load_frozen_teacher
+from projects.LongTail.longtail import RCNN_TRAINABLE
 
 from .common.scaledet_tiny_synthetic import (
     dataloader,
@@ -24,23 +20,9 @@ from .common.scaledet_tiny_synthetic import (
     step_schedule,
     train_settings,
 )
+from .common.stages import unified_stage
 
-teacher = copy.deepcopy(model)
-model.teacher = L(load_frozen_teacher)(model=teacher, checkpoint="${longtail.head_expert_checkpoint}")
-model.head_classes = L(head_class_ids)(
-    dataset_name="${longtail.dataset}",
-    synthetic_root="${longtail.synthetic_root}",
-    boundaries="${longtail.group_boundaries}",
-)
-model.init_weights = "${longtail.head_expert_checkpoint}"
-model.init_weights_hint = "stage 3 starts from the head expert; run `make train-stage2` first"
-model.trainable_parameters = list(RCNN_TRAINABLE)
-
-dataloader.train.dataset_name = "${longtail.dataset}_tail_dominant"
-dataloader.train.replay_json = "${longtail.mining_dir}/replay/tail_dominant.json"
-dataloader.train.base_dataset = "${longtail.dataset}"
-dataloader.train.sampling = "stepwise"
-dataloader.train.group_repeat = STEPWISE_REPEAT["stage3"]
+unified_stage(model, dataloader, RCNN_TRAINABLE)
 
 MAX_ITER = 320
 optimizer = sgd(0.02)

@@ -1,0 +1,82 @@
+"""The stage settings every base detector shares (ScaleDet R-CNN or Deformable-DETR, synthetic or LVIS): the
+stage-specific inputs of the model and of the training data. Each function edits the given ``model`` and
+``dataloader`` config nodes in place; schedules stay in the stage files."""
+
+import copy
+
+from detectron2.config import LazyCall as L
+from detectron2.data import build_detection_test_loader
+
+from projects.LongTail.longtail import (
+    STEPWISE_REPEAT,
+    ExemplarMiningEvaluator,
+    head_class_ids,
+    load_frozen_teacher,
+    records_to_mine,
+)
+
+# Head-dominant replay memory per class [I, spec §3.4]: all head annotations, 100 per common_10_30, 10 per rare.
+HEAD_DOMINANT_MEMORY = {"frequent": None, "common_30_100": None, "common_10_30": 100, "rare": 10}
+
+
+def _replay_training(dataloader, replay: str, stage: str) -> None:
+    dataloader.train.dataset_name = f"${{longtail.dataset}}_{replay}"
+    dataloader.train.replay_json = f"${{longtail.mining_dir}}/replay/{replay}.json"
+    dataloader.train.base_dataset = "${longtail.dataset}"
+    dataloader.train.sampling = "stepwise"
+    dataloader.train.group_repeat = STEPWISE_REPEAT[stage]
+
+
+def mining_stage(model, dataloader, test_mapper, *, tail_dominant_memory, num_workers, flush_every) -> None:
+    """Eval-only exemplar mining with the stage-1 model: scores every training annotation and writes the replay
+    sets into ``train.output_dir`` (``projects.LongTail.longtail.mining``)."""
+    model.output_candidates = True
+    model.init_weights = "${longtail.stage1_checkpoint}"
+    model.init_weights_hint = "exemplar mining runs the stage-1 model; run `make train-stage1` first"
+    dataloader.pop("train")
+    dataloader.test = L(build_detection_test_loader)(
+        dataset=L(records_to_mine)(
+            names="${longtail.dataset}",
+            scores_dir="${train.output_dir}/scores",
+            synthetic_root="${longtail.synthetic_root}",
+        ),
+        mapper=test_mapper,
+        num_workers=num_workers,
+    )
+    dataloader.evaluator = L(ExemplarMiningEvaluator)(
+        dataset_name="${longtail.dataset}",
+        output_dir="${train.output_dir}",
+        synthetic_root="${longtail.synthetic_root}",
+        threshold=0.5,  # [C]
+        depth=500,  # m [C]
+        head_dominant_memory=HEAD_DOMINANT_MEMORY,
+        tail_dominant_memory=tail_dominant_memory,
+        group_boundaries="${longtail.group_boundaries}",
+        matcher={"cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0},  # [C] Deformable-DETR matcher costs
+        flush_every=flush_every,
+    )
+
+
+def head_expert_stage(model, dataloader, trainable) -> None:
+    """Stage 2: only ``trainable`` (the class-specific modules) fine-tune the stage-1 model on the head-dominant
+    replay set with stage-2 step-wise repeat factors."""
+    model.init_weights = "${longtail.stage1_checkpoint}"
+    model.init_weights_hint = "stage 2 fine-tunes the stage-1 model; run `make train-stage1` first"
+    model.trainable_parameters = list(trainable)
+    _replay_training(dataloader, "head_dominant", "stage2")
+
+
+def unified_stage(model, dataloader, trainable) -> None:
+    """Stage 3: ``trainable`` train on the tail-dominant replay set with stage-3 step-wise repeat factors,
+    distilled from the frozen head expert, which also initialises the student [I, as the released code]."""
+    teacher = copy.deepcopy(model)
+    model.teacher = L(load_frozen_teacher)(model=teacher, checkpoint="${longtail.head_expert_checkpoint}")
+    model.head_classes = L(head_class_ids)(
+        dataset_name="${longtail.dataset}",
+        synthetic_root="${longtail.synthetic_root}",
+        boundaries="${longtail.group_boundaries}",
+    )
+    model.init_weights = "${longtail.head_expert_checkpoint}"
+    model.init_weights_hint = "stage 3 starts from the head expert; run `make train-stage2` first"
+    model.trainable_parameters = list(trainable)
+    _replay_training(dataloader, "tail_dominant", "stage3")
