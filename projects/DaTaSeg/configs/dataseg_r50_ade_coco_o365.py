@@ -25,7 +25,6 @@ from omegaconf import OmegaConf
 from projects.DaTaSeg.dataseg import dataseg_param_groups
 from unidet2.data.build import build_multi_dataset_train_loader
 from unidet2.data.mapper import MultiDatasetMapper, build_lsj_augmentation
-from unidet2.evaluation import build_evaluator
 
 from .common.dataseg_r50_model import TEXT_ENCODER, model
 
@@ -57,7 +56,6 @@ dataloader.test_loader = L(build_detection_test_loader)(
     ),
     num_workers=4,
 )
-dataloader.evaluator = L(build_evaluator)()
 dataloader.vocabulary = OmegaConf.create(TEXT_ENCODER)
 
 MAX_ITER = 100000

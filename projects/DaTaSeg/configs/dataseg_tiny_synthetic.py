@@ -21,7 +21,6 @@ from omegaconf import OmegaConf
 from projects.DaTaSeg.dataseg import dataseg_param_groups
 from unidet2.data.build import build_multi_dataset_train_loader
 from unidet2.data.mapper import MultiDatasetMapper
-from unidet2.evaluation import build_evaluator
 
 from .common.dataseg_tiny_model import model
 
@@ -66,8 +65,8 @@ dataloader.test_loader = L(build_detection_test_loader)(
     ),
     num_workers=0,
 )
-# unidet2's evaluators by evaluator_type: PQ (+ mIoU, + mask AP of things) for panoptic sets, mIoU, COCO AP.
-dataloader.evaluator = L(build_evaluator)()
+# no dataloader.evaluator: the engine picks unidet2's evaluator by each dataset's evaluator_type (PQ + mIoU +
+# mask AP of things for panoptic sets, mIoU, COCO AP)
 # Test vocabularies: same encoder (and the metadata synonyms) as model.train_vocabularies.
 dataloader.vocabulary = OmegaConf.create({"encoder": "minilm"})
 
