@@ -18,7 +18,7 @@ from projects.ScaleDet.scaledet import (
     hard_label_loss,
     soft_label_loss,
 )
-from unidet2.modeling import TextEmbeddingClassifier
+from unidet2.modeling import TextEmbeddingClassifier, set_vocabulary
 
 
 def softplus(z: float) -> float:
@@ -179,6 +179,31 @@ def test_predictor_similarity_default_is_row_minmax_of_embeddings():
     # raw cosines t_i . t_j: [[1, 0, .6], [0, 1, .8], [.6, .8, 1]]; per-row min-max to [0, 1]:
     expected = np.array([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8], [0.0, 0.5, 1.0]])
     np.testing.assert_allclose(predictor.similarity.numpy(), expected, atol=1e-6)
+
+
+def test_predictor_similarity_follows_a_vocabulary_change():
+    """Fine-tuning on a new label space: a derived Ŝ is derived again (once) for the new vocabulary, and the
+    soft loss trains with it; a given Ŝ of the training vocabulary refuses to be paired with another one."""
+    predictor = _predictor(similarity=None)
+    original = predictor.similarity.clone()
+    new_vocabulary = torch.tensor([[0.0, 1.0], [0.8, 0.6]])  # cosine 0.6 between the two new classes
+    previous = set_vocabulary(predictor, new_vocabulary)
+    # raw cosines [[1, .6], [.6, 1]]; per-row min-max -> identity
+    np.testing.assert_allclose(predictor.similarity.numpy(), np.eye(2), atol=1e-6)
+    assert predictor.similarity is predictor.similarity  # cached until the next change
+    with EventStorage():
+        losses = predictor.losses(predictor(FEATURES), [_proposals([1, 2])])  # GT class 1 of 2, background
+    # soft loss, proposal 0 only (foreground), GT column excluded: (cos(f0, t0) - Ŝ[1, 0])^2 = (0.8 - 0)^2
+    assert losses["loss_soft"].item() == pytest.approx(0.8**2, abs=1e-6)
+    set_vocabulary(predictor, previous)
+    np.testing.assert_allclose(predictor.similarity.numpy(), original.numpy(), atol=1e-7)
+
+    given = _predictor()  # SIM given as a matrix
+    given.to(torch.float32)  # moving the model is no vocabulary change
+    assert given.similarity.shape == (3, 3)
+    set_vocabulary(given, new_vocabulary)
+    with EventStorage(), pytest.raises(ValueError, match="similarity matrix of the training vocabulary"):
+        given.losses(given(FEATURES), [_proposals([1, 2])])
 
 
 def test_predictor_probabilities_have_a_zero_background_column():

@@ -1,10 +1,12 @@
 """Modeling pieces shared by the methods."""
 
+from .similarity import VocabularySimilarity
 from .text_classifier import TextEmbeddingClassifier, load_embeddings
 from .vocabulary import VocabularyState, find_text_classifiers, restore_vocabulary, set_vocabulary
 
 __all__ = [
     "TextEmbeddingClassifier",
+    "VocabularySimilarity",
     "VocabularyState",
     "find_text_classifiers",
     "load_embeddings",

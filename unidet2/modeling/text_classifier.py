@@ -135,6 +135,10 @@ class TextEmbeddingClassifier(nn.Module):
         # Frozen vocabulary: a buffer so it follows .to(device) but has no gradient; non-persistent so that
         # checkpoints are vocabulary-independent (see module docstring).
         self.register_buffer("embeddings", class_embeddings, persistent=False)
+        # Bumped by every set_embeddings, so that state derived from the vocabulary (e.g. a label-similarity
+        # matrix, see unidet2.modeling.similarity) can tell that it is stale; tensor identity cannot, since
+        # .to(device) replaces the buffer too.
+        self.vocabulary_version = 0
 
         if background == "learnable":
             if background_embedding is None:
@@ -188,6 +192,7 @@ class TextEmbeddingClassifier(nn.Module):
         previous = (self.embeddings, self.class_names)
         self.embeddings = new_embeddings.to(device=self.embeddings.device, dtype=self.embeddings.dtype)
         self.class_names = list(class_names) if class_names is not None else None
+        self.vocabulary_version += 1
         return previous
 
     def forward_cosine(self, features: torch.Tensor) -> torch.Tensor:

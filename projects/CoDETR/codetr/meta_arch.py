@@ -29,7 +29,6 @@ import logging
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.modeling.backbone import Backbone
@@ -37,8 +36,8 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
-from unidet2.data.label_space import label_similarity
-from unidet2.modeling.text_classifier import EmbeddingsLike, TextEmbeddingClassifier, load_embeddings
+from unidet2.modeling.similarity import VocabularySimilarity
+from unidet2.modeling.text_classifier import EmbeddingsLike, TextEmbeddingClassifier
 
 from .aux_heads import AuxTargets
 from .backbone import ChannelMapper
@@ -235,19 +234,17 @@ class CoDETR(nn.Module):
         soft = self.criterion.classification_loss.soft_loss_weight > 0
         if soft and not self.uses_text_classifier:
             raise ValueError("The soft label loss needs a text class_head")
-        if soft:
-            if similarity is None:
-                similarity_matrix = torch.from_numpy(np.asarray(label_similarity(
-                    self.class_embed[0].embeddings.cpu().numpy(), similarity_normalization,
-                    symmetrize=similarity_symmetrize), dtype=np.float32))
-            else:
-                similarity_matrix = load_embeddings(similarity, normalize=False)
-            if tuple(similarity_matrix.shape) != (self.num_classes, self.num_classes):
-                raise ValueError(f"similarity has shape {tuple(similarity_matrix.shape)}, "
-                                 f"expected ({self.num_classes}, {self.num_classes})")
-            self.register_buffer("similarity", similarity_matrix, persistent=False)
-        else:
-            self.similarity = None
+        # Ŝ of the current vocabulary (derived from the embeddings it follows set_vocabulary, a given one not).
+        self.label_similarity = (
+            VocabularySimilarity(
+                self.class_embed[0],
+                similarity,
+                normalization=similarity_normalization,
+                symmetrize=similarity_symmetrize,
+            )
+            if soft
+            else None
+        )
         if dataset_columns is not None:
             self.register_buffer("dataset_class_mask", dataset_class_mask(dataset_columns, self.num_classes),
                                  persistent=False)
@@ -263,6 +260,11 @@ class CoDETR(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    @property
+    def similarity(self) -> torch.Tensor | None:
+        """Ŝ (C, C) of the class head's current vocabulary for the soft loss; None without one."""
+        return self.label_similarity(self.class_embed[0]) if self.label_similarity is not None else None
 
     @property
     def uses_text_classifier(self) -> bool:

@@ -12,8 +12,8 @@ from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, _log_classification_stats
 from detectron2.structures import Instances
 
-from unidet2.data.label_space import label_similarity
-from unidet2.modeling.text_classifier import EmbeddingsLike, TextEmbeddingClassifier, load_embeddings
+from unidet2.modeling.similarity import VocabularySimilarity
+from unidet2.modeling.text_classifier import EmbeddingsLike, TextEmbeddingClassifier
 
 from .losses import (
     HARD_LOSS_NORMALIZATIONS,
@@ -137,26 +137,17 @@ class ScaleDetOutputLayers(FastRCNNOutputLayers):
         # Replace the parent's (C + 1)-way linear layer: classification is by text embeddings only.
         self.cls_score = classifier
 
-        if similarity is None:
-            normalized_similarity = torch.from_numpy(
-                label_similarity(
-                    classifier.embeddings.cpu().numpy(),
-                    similarity_normalization,
-                    temperature=similarity_temperature,
-                    symmetrize=similarity_symmetrize,
-                    topk=similarity_topk,
-                    threshold=similarity_threshold,
-                )
-            )
-        else:
-            normalized_similarity = load_embeddings(similarity, normalize=False)
-        if tuple(normalized_similarity.shape) != (num_classes, num_classes):
-            raise ValueError(
-                f"Similarity matrix has shape {tuple(normalized_similarity.shape)}, "
-                f"expected ({num_classes}, {num_classes})"
-            )
-        # Non-persistent: derived from the vocabulary and the config, so not stored in checkpoints.
-        self.register_buffer("similarity", normalized_similarity, persistent=False)
+        # Ŝ of the current vocabulary; derived from the embeddings, it follows a vocabulary change (fine-tuning
+        # on a new label space), a given matrix does not (see VocabularySimilarity).
+        self.label_similarity = VocabularySimilarity(
+            classifier,
+            similarity,
+            normalization=similarity_normalization,
+            temperature=similarity_temperature,
+            symmetrize=similarity_symmetrize,
+            topk=similarity_topk,
+            threshold=similarity_threshold,
+        )
         if dataset_columns is not None:
             self.register_buffer(
                 "dataset_class_mask", dataset_class_mask(dataset_columns, num_classes), persistent=False
@@ -170,6 +161,11 @@ class ScaleDetOutputLayers(FastRCNNOutputLayers):
         self.soft_loss_norm = soft_loss_norm
         self.hard_loss_norm = hard_loss_norm
         self.partitioned_negatives = bool(partitioned_negatives)
+
+    @property
+    def similarity(self) -> torch.Tensor:
+        """Ŝ (C, C) of the classifier's current vocabulary."""
+        return self.label_similarity(self.cls_score)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """
