@@ -80,3 +80,39 @@ def test_train_net_cli_rejects_a_wrong_key_with_a_clear_message():
     assert result.returncode == 2
     assert "Unknown config key 'train.max_itr'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_top_level_list_in_a_config_file_is_refused_not_dropped(tmp_path):
+    """LazyConfig.load keeps only dict-like top-level values: a list would vanish and the run go on without it."""
+    config = tmp_path / "config.py"
+    config.write_text(
+        "from fractions import Fraction\n"
+        "from detectron2.config import LazyCall as L\n"
+        "TRAIN_DATASETS = ['a', 'b']  # an UPPER_CASE module constant may be a list\n"
+        "train = {'output_dir': 'out'}\n"
+        "dataset_registration = [L(Fraction)(numerator=1)]\n"
+    )
+    with pytest.raises(ValueError, match=r"config.py:5: top-level 'dataset_registration' is a list"):
+        load_config(str(config))
+    config.write_text(config.read_text().replace("[L(Fraction)(numerator=1)]", "{'toy': L(Fraction)(numerator=1)}"))
+    cfg = load_config(str(config), ["dataset_registration.toy.numerator=2"])
+    assert cfg.dataset_registration.toy.numerator == 2 and "TRAIN_DATASETS" not in cfg
+
+
+def test_config_dataset_registration_runs_first():
+    from detectron2.config import LazyCall as L
+
+    from unidet2.engine.run import register_config_datasets
+
+    calls = []
+
+    def register(name):
+        calls.append(name)
+
+    def config(registration):
+        return OmegaConf.create({"dataset_registration": registration}, flags={"allow_objects": True})
+
+    register_config_datasets(config({"first": L(register)(name="a"), "second": L(register)(name="b")}))
+    register_config_datasets(config([L(register)(name="c")]))  # a list built in code
+    register_config_datasets(OmegaConf.create({}))
+    assert calls == ["a", "b", "c"]

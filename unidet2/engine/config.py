@@ -8,6 +8,7 @@ explicitly with Hydra's ``+key=value`` (``++key=value`` sets it whether or not i
 
 from __future__ import annotations
 
+import ast
 import copy
 import difflib
 from collections.abc import Sequence
@@ -126,6 +127,29 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
 _MISSING = object()
 
 
+def _check_no_dropped_lists(config_file: str) -> None:
+    """Refuse top-level lowercase names bound to a list or tuple in a LazyConfig ``.py`` file.
+
+    ``LazyConfig.load`` keeps only the dict-like top-level values, so ``dataset_registration = [...]`` would
+    vanish without a word and the config would run without it. UPPER_CASE names are module constants, which the
+    file itself uses, and stay allowed.
+    """
+    with open(config_file) as f:
+        tree = ast.parse(f.read(), filename=config_file)
+    for statement in tree.body:
+        if not isinstance(statement, (ast.Assign, ast.AnnAssign)) or not isinstance(
+            statement.value, (ast.List, ast.ListComp, ast.Tuple)
+        ):
+            continue
+        targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+        for target in targets:
+            if isinstance(target, ast.Name) and not target.id.startswith("_") and not target.id.isupper():
+                raise ValueError(
+                    f"{config_file}:{statement.lineno}: top-level '{target.id}' is a list, which LazyConfig.load "
+                    f"drops silently; make it a dict (e.g. {{'name': item}}) or an UPPER_CASE constant"
+                )
+
+
 def load_config(config_file: str, overrides: Sequence[str] = ()) -> DictConfig:
     """Load a LazyConfig file, fill ``train`` defaults, apply validated overrides.
 
@@ -136,6 +160,8 @@ def load_config(config_file: str, overrides: Sequence[str] = ()) -> DictConfig:
     Returns:
         the config (omegaconf DictConfig).
     """
+    if str(config_file).endswith(".py"):
+        _check_no_dropped_lists(config_file)
     cfg = LazyConfig.load(config_file)
     fill_train_defaults(cfg)
     apply_overrides(cfg, overrides)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from .evaluation import do_test, has_test_sets
 from .preemption import PreemptionRequest, TrainingPreempted
 from .trainer import do_train
 
-__all__ = ["launch_from_args", "main", "resolve_device", "run", "setup"]
+__all__ = ["launch_from_args", "main", "register_config_datasets", "resolve_device", "run", "setup"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,18 @@ def resolve_device(device: str | None) -> str:
         if device == "cuda" and comm.get_world_size() > 1:
             device = f"cuda:{comm.get_local_rank()}"
     return device
+
+
+def register_config_datasets(cfg: DictConfig) -> None:
+    """Run the config's ``dataset_registration`` LazyCalls (they register the datasets it names, e.g. generated
+    ones). Every entry point calls this on every rank before a model or loader is built from the config.
+
+    ``dataset_registration`` is a dict ``{name: LazyCall}`` (a top-level Python list would be dropped by
+    ``LazyConfig.load``; a list built in code, or a ListConfig, is accepted too).
+    """
+    registrations = cfg.get("dataset_registration") or {}
+    for registration in registrations.values() if isinstance(registrations, Mapping) else registrations:
+        instantiate(registration)
 
 
 def setup(cfg: DictConfig, args: argparse.Namespace | None = None) -> None:
@@ -76,10 +88,7 @@ def run(
     Raises:
         TrainingPreempted: stopped on request and ``on_preempted`` returned (or was not given).
     """
-    # `dataset_registration`: LazyCalls that register the datasets the config names (e.g. generated ones),
-    # run first on every rank, before the model or a loader is built from them
-    for registration in cfg.get("dataset_registration") or []:
-        instantiate(registration)
+    register_config_datasets(cfg)
     device = resolve_device(cfg.train.device)
     model = instantiate(cfg.model).to(device)
     logger.info("Model:\n%s", model)

@@ -23,7 +23,7 @@ from .models.co_deformable_detr_tiny import model
 
 model.num_classes = 6
 
-dataset_registration = [L(register_synthetic)(manifest_path_or_dir="datasets/synthetic")]
+dataset_registration = {"synthetic": L(register_synthetic)(manifest_path_or_dir="datasets/synthetic")}
 dataloader = OmegaConf.create()
 dataloader.train = L(build_detection_train_loader)(
     dataset=L(get_detection_dataset_dicts)(names="synth_coco_train", filter_empty=False),

@@ -19,7 +19,7 @@ dataloader.train.mapper.augmentations.max_size = 320
 dataloader.train.total_batch_size = 4
 dataloader.test_loader.mapper.augmentations[0].short_edge_length = 192
 dataloader.test_loader.mapper.augmentations[0].max_size = 320
-dataset_registration[0].manifest_path_or_dir = "datasets/synthetic_demo"
+dataset_registration.synthetic.manifest_path_or_dir = "datasets/synthetic_demo"
 
 MAX_ITER = 1000
 lr_multiplier = L(WarmupParamScheduler)(

@@ -89,7 +89,7 @@ dataloader.test_loader = L(build_detection_test_loader)(
 dataloader.test = [name.replace("_train", "_val") for name in TRAIN_DATASETS] + ["odinw_toys_val", "odinw_space_val"]
 # how each test dataset's vocabulary is encoded: the same encoder as scaledet.embeddings_file
 dataloader.vocabulary = {"encoder": "minilm"}
-dataset_registration = [L(register_synthetic)(manifest_path_or_dir="datasets/synthetic")]
+dataset_registration = {"synthetic": L(register_synthetic)(manifest_path_or_dir="datasets/synthetic")}
 
 # ---------------------------------------------------------------------------------------------- schedule
 optimizer = L(torch.optim.SGD)(

@@ -164,7 +164,7 @@ def run_main_job(
     cfg.scaledet.label_space_file = str(label_space_path)
     cfg.scaledet.embeddings_file = str(embeddings_path)
     cfg.dataloader.vocabulary = {"encoder": encoder}
-    cfg.dataset_registration = [L(register_synthetic)(manifest_path_or_dir=str(data_root))]
+    cfg.dataset_registration = {"synthetic": L(register_synthetic)(manifest_path_or_dir=str(data_root))}
     missing = sorted(set(cfg.dataloader.test) - {d["name"] for d in manifest["datasets"]})
     if missing:
         raise KeyError(f"test datasets {missing} are not in {data_root / 'manifest.json'}")
