@@ -31,6 +31,7 @@ help:
 	@echo "make lint     ruff"
 	@echo "make bench    benchmarks (JSON + markdown tables under benchmarks/results/)"
 	@echo "make eval-coco|eval-lvis|eval-odinw CONFIG=<cfg.py> CKPT=<model.pth>  evaluate a checkpoint"
+	@echo "make eval-odinw-finetune CONFIG=.. CKPT=.. [ODINW_SETTINGS='full 1 3 5 10']  ODinW fine-tuning protocols"
 	@echo "make train-stage1|train-stage2|train-stage3|train-longtail [LAUNCHER=local|slurm]  step-wise long-tail stages"
 
 install: $(STAMP)
@@ -65,7 +66,7 @@ bench: install
 
 # Evaluation of a checkpoint: make eval-coco CONFIG=projects/<Method>/configs/<cfg>.py CKPT=model_final.pth
 # (EVAL_ARGS passes more tools/evaluate.py options, e.g. EVAL_ARGS="--num-gpus 2 --backend reference").
-.PHONY: eval-coco eval-lvis eval-odinw
+.PHONY: eval-coco eval-lvis eval-odinw eval-odinw-finetune
 EVAL_ARGS ?=
 EVAL_USAGE = { echo "usage: make $@ CONFIG=<LazyConfig .py> CKPT=<checkpoint .pth> [EVAL_ARGS=...]"; exit 2; }
 
@@ -80,6 +81,13 @@ eval-lvis: install
 eval-odinw: install
 	@test -n "$(CONFIG)" -a -n "$(CKPT)" || $(EVAL_USAGE)
 	$(PY) tools/evaluate.py --config-file $(CONFIG) --ckpt $(CKPT) --odinw --output $(OUTPUT)/eval/odinw $(EVAL_ARGS)
+
+# GLIP's fine-tuning protocols from CKPT: ODINW_SETTINGS="full" (full-shot) and/or shots per class, 3 seeds each.
+ODINW_SETTINGS ?= full 1 3 5 10
+eval-odinw-finetune: install
+	@test -n "$(CONFIG)" -a -n "$(CKPT)" || $(EVAL_USAGE)
+	$(PY) tools/evaluate.py --config-file $(CONFIG) --ckpt $(CKPT) --odinw-finetune $(ODINW_SETTINGS) \
+		--output $(OUTPUT)/eval/odinw $(EVAL_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

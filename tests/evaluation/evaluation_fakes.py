@@ -73,8 +73,24 @@ def _odinw_split_content(dataset: OdinwDataset, split: str, num_images: int) -> 
     return content, [image["file_name"] for image in images]
 
 
-def write_fake_odinw(root: str, train_images: int = 12) -> None:
-    """All 13 ODinW datasets in GLIP's folder layout (every split the registration knows), tiny images."""
+# Per-class colours of the drawn objects (class index modulo their number).
+_CLASS_COLOURS = ((230, 40, 40), (40, 220, 40), (40, 40, 230), (230, 230, 40), (230, 40, 230), (40, 230, 230))
+
+
+def _image_with_objects(annotations: list[dict], height: int = IMAGE_HEIGHT, width: int = IMAGE_WIDTH) -> np.ndarray:
+    image = np.full((height, width, 3), 90, dtype=np.uint8)
+    for annotation in annotations:
+        x, y, w, h = (int(round(v)) for v in annotation["bbox"])
+        image[y : y + h, x : x + w] = _CLASS_COLOURS[(annotation["category_id"] - 1) % len(_CLASS_COLOURS)]
+    return image
+
+
+def write_fake_odinw(root: str, train_images: int = 12, draw_objects: bool = False) -> None:
+    """All 13 ODinW datasets in GLIP's folder layout (every split the registration knows), tiny images.
+
+    Images are uniform grey, or (``draw_objects``) show every annotated box as a rectangle of its class's colour,
+    so that a detector can learn them.
+    """
     for index, dataset in enumerate(ODINW13):
         for split in dataset.splits:
             image_dir, json_rel = dataset.split_paths(split)
@@ -84,8 +100,14 @@ def write_fake_odinw(root: str, train_images: int = 12) -> None:
             os.makedirs(os.path.dirname(json_path), exist_ok=True)
             with open(json_path, "w") as f:
                 json.dump(content, f)
-            for file_name in file_names:
-                write_image(os.path.join(root, image_dir, file_name))
+            for image_id, file_name in enumerate(file_names, start=1):
+                path = os.path.join(root, image_dir, file_name)
+                if draw_objects:
+                    objects = [a for a in content["annotations"] if a["image_id"] == image_id]
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    Image.fromarray(_image_with_objects(objects)).save(path)
+                else:
+                    write_image(path)
 
 
 class HashTextEncoder(TextEncoder):

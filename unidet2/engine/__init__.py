@@ -8,6 +8,7 @@ from .checkpoint import Checkpointer, PeriodicCheckpointer, atomic_torch_save
 from .config import TRAIN_DEFAULTS, apply_overrides, get_train_defaults, load_config
 from .distributed import init_distributed, launch
 from .evaluation import dataset_vocabulary, do_test, register_evaluator_type
+from .finetune import DatasetFinetuner, FinetuneSchedule
 from .preemption import PreemptionRequest, TrainingPreempted
 from .run import main, run, setup
 from .trainer import Trainer, do_train
@@ -15,6 +16,8 @@ from .trainer import Trainer, do_train
 __all__ = [
     "TRAIN_DEFAULTS",
     "Checkpointer",
+    "DatasetFinetuner",
+    "FinetuneSchedule",
     "PeriodicCheckpointer",
     "PreemptionRequest",
     "Trainer",

@@ -50,6 +50,7 @@ __all__ = [
     "has_test_sets",
     "register_evaluator_type",
     "list_test_sets",
+    "vocabulary_options",
 ]
 
 logger = logging.getLogger(__name__)
@@ -185,6 +186,13 @@ def dataset_vocabulary(model: torch.nn.Module, dataset_name: str, **vocabulary_k
         restore_vocabulary(model, previous)
 
 
+def vocabulary_options(cfg: DictConfig | None) -> dict[str, Any]:
+    """``cfg.dataloader.vocabulary`` as ``set_vocabulary`` keyword arguments ({} when absent or cfg is None)."""
+    vocabulary_cfg = ((cfg.get("dataloader") or {}).get("vocabulary") if cfg is not None else None) or {}
+    # Values may be LazyCalls (e.g. a TextEncoder instance); instantiate() does not recurse into a plain dict.
+    return {key: instantiate(value) for key, value in vocabulary_cfg.items()}
+
+
 def _log_results(dataset_name: str, results: dict[str, Any]) -> None:
     for task, metrics in results.items():
         if isinstance(metrics, dict):
@@ -212,9 +220,7 @@ def do_test(cfg: DictConfig, model: torch.nn.Module, *, tag: str = "final") -> d
         return {}
     model = _unwrap(model)
     output_root = os.path.join(cfg.train.output_dir, "inference")
-    vocabulary_cfg = (cfg.get("dataloader") or {}).get("vocabulary") or {}
-    # Values may be LazyCalls (e.g. a TextEncoder instance); instantiate() does not recurse into a plain dict.
-    vocabulary_kwargs = {key: instantiate(value) for key, value in vocabulary_cfg.items()}
+    vocabulary_kwargs = vocabulary_options(cfg)
     results: dict[str, dict] = {}
     for index, (dataset_name, loader_cfg) in enumerate(sets):
         evaluator = build_evaluator(cfg, dataset_name, index, os.path.join(output_root, dataset_name))

@@ -132,7 +132,7 @@ def evaluate_dataset(
     """
     from detectron2.config import instantiate
 
-    from unidet2.engine.evaluation import dataset_vocabulary
+    from unidet2.engine.evaluation import dataset_vocabulary, vocabulary_options
 
     from .build import build_evaluator
 
@@ -143,8 +143,6 @@ def evaluate_dataset(
             raise ValueError("evaluate_dataset needs a cfg with a test loader, or a data_loader")
         data_loader = instantiate(test_loader_config(cfg, dataset_name))
     if vocabulary_kwargs is None:
-        vocabulary_cfg = (cfg.get("dataloader") or {}).get("vocabulary") if cfg is not None else None
-        # instantiate: the options may hold LazyCall objects (e.g. a TextEncoder instance).
-        vocabulary_kwargs = dict(instantiate(vocabulary_cfg) or {})
+        vocabulary_kwargs = vocabulary_options(cfg)
     with dataset_vocabulary(model, dataset_name, **vocabulary_kwargs):
         return run_inference(model, data_loader, evaluator, description=dataset_name, progress=progress)

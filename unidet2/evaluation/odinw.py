@@ -5,7 +5,10 @@
   '-' -> ' '), then box AP on GLIP's evaluation split (``val``; ``minival`` for EgoHands and Vehicles).
 * **Fine-tuning** (:func:`plan_odinw_finetuning`, :func:`run_odinw_finetuning`): one run per dataset and seed on
   the full ``train`` split (GLIP: 12 epochs, the train set repeated 16x per epoch, 4x for PascalVOC, no warm-up)
-  or on a k-shot split (k in 1/3/5/10, seeds 3/30/300); the training itself is the caller's ``train_fn``.
+  or on a k-shot split (k in 1/3/5/10, seeds 3/30/300). The training is the ``train_fn``:
+  :class:`unidet2.engine.finetune.DatasetFinetuner` fine-tunes a config's model from a checkpoint in the
+  dataset's own label space with the engine (what ``tools/evaluate.py --odinw-finetune`` uses); any callable
+  with the same signature can replace it.
 * **Score**: COCO box AP (pycocotools rules) per dataset; the ODinW-13 number is the *unweighted mean* of the 13
   per-dataset APs (few-shot: each dataset's AP is first averaged over the seeds). Tables also give the median.
 
@@ -358,7 +361,8 @@ def run_odinw_finetuning(
 
     Args:
         runs: from :func:`plan_odinw_finetuning`.
-        train_fn: ``(run, run_output_dir) -> fine-tuned model``; it owns the schedule (``run.epochs``,
+        train_fn: ``(run, run_output_dir) -> fine-tuned model``, e.g. a
+            :class:`unidet2.engine.finetune.DatasetFinetuner`; it owns the schedule (``run.epochs``,
             ``run.dataset_repeat``) and must be called on every rank in distributed jobs (as this function is).
         cfg, vocabulary_kwargs, build_loader, backend, progress: as in :func:`evaluate_odinw`.
         output_dir: ``<run.label>/`` per run; ``odinw_finetune_<setting>.{md,csv,json}`` per setting.
