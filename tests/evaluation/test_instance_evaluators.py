@@ -19,6 +19,7 @@ from evaluation_fakes import (
 from unidet2.evaluation import (
     COCOEvaluator,
     LVISEvaluator,
+    OIDEvaluator,
     PanopticEvaluator,
     SemSegEvaluator,
     build_evaluator,
@@ -131,16 +132,19 @@ def test_build_evaluator_dispatch(toy, tmp_path):
     assert type(only_pq) is PanopticEvaluator
 
     DatasetCatalog.register("evtest_oid", list)
-    MetadataCatalog.get("evtest_oid").set(evaluator_type="oid")
+    MetadataCatalog.get("evtest_oid").set(evaluator_type="oid", thing_classes=["a"])
+    DatasetCatalog.register("evtest_cs", list)
+    MetadataCatalog.get("evtest_cs").set(evaluator_type="cityscapes_instance")
     DatasetCatalog.register("evtest_untyped", list)
     try:
-        with pytest.raises(NotImplementedError, match="oid"):
-            build_evaluator("evtest_oid")
+        assert type(build_evaluator("evtest_oid", distributed=False)) is OIDEvaluator
+        with pytest.raises(NotImplementedError, match="cityscapes_instance"):
+            build_evaluator("evtest_cs")
         with pytest.raises(KeyError, match="evaluator_type"):
             build_evaluator("evtest_untyped")
         with pytest.raises(ValueError, match="subset"):
             build_evaluator(toy["coco"], tasks=["keypoints"])
     finally:
-        for name in ("evtest_oid", "evtest_untyped"):
+        for name in ("evtest_oid", "evtest_cs", "evtest_untyped"):
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)

@@ -9,6 +9,7 @@ from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 
 from .coco import COCOEvaluator
 from .lvis import LVISEvaluator
+from .oid import OIDEvaluator
 from .panoptic import PanopticEvaluator
 from .semantic import SemSegEvaluator
 
@@ -16,7 +17,7 @@ __all__ = ["SUPPORTED_EVALUATOR_TYPES", "build_evaluator"]
 
 _INSTANCE_TASKS = ("bbox", "segm")
 _PANOPTIC_TYPES = ("coco_panoptic_seg", "cityscapes_panoptic_seg")
-SUPPORTED_EVALUATOR_TYPES = ("coco", "lvis", "sem_seg", *_PANOPTIC_TYPES)
+SUPPORTED_EVALUATOR_TYPES = ("coco", "lvis", "oid", "sem_seg", *_PANOPTIC_TYPES)
 
 
 def build_evaluator(
@@ -33,6 +34,8 @@ def build_evaluator(
 
     * ``"coco"``: :class:`COCOEvaluator` (box AP; mask AP too for "instance" datasets with mask predictions);
     * ``"lvis"``: :class:`LVISEvaluator` (federated AP, APr/APc/APf, 300 results per image);
+    * ``"oid"``: :class:`OIDEvaluator` (OpenImages challenge box AP50 with verified labels, group-of boxes and the
+      class hierarchy of the ``oid_hierarchy_file`` metadata when set);
     * ``"sem_seg"``: :class:`SemSegEvaluator` (mIoU);
     * ``"coco_panoptic_seg"`` / ``"cityscapes_panoptic_seg"``: :class:`PanopticEvaluator` (PQ), plus, when the model
       also outputs them, semantic mIoU (if the metadata has ``sem_seg_root``) and instance AP (if it has an
@@ -43,11 +46,12 @@ def build_evaluator(
         output_dir: where the evaluators write results and metrics (None: nowhere).
         distributed: gather across ranks with detectron2.utils.comm.
         tasks: restrict to a subset of ("bbox", "segm", "panoptic_seg", "sem_seg").
-        backend: AP backend ("reference" / "fast"; None = the parity-checked default).
+        backend: AP backend of COCO/LVIS ("reference" / "fast"; None = the parity-checked default); OpenImages AP
+            has a single implementation and ignores it.
 
     Raises:
         KeyError: the dataset has no ``evaluator_type``.
-        NotImplementedError: an evaluator type unidet2 does not evaluate (e.g. "oid", "cityscapes_instance").
+        NotImplementedError: an evaluator type unidet2 does not evaluate (e.g. "cityscapes_instance").
     """
     metadata = MetadataCatalog.get(dataset_name)
     evaluator_type = metadata.get("evaluator_type")
@@ -63,6 +67,10 @@ def build_evaluator(
             raise ValueError(f"Dataset '{dataset_name}' ({evaluator_type}) only has box/mask AP tasks, got {tasks}")
         evaluator_class = COCOEvaluator if evaluator_type == "coco" else LVISEvaluator
         return evaluator_class(dataset_name, instance_tasks, distributed, output_dir, backend=backend)
+    if evaluator_type == "oid":
+        if instance_tasks is not None and instance_tasks != ("bbox",):
+            raise ValueError(f"Dataset '{dataset_name}' (oid) only has the box AP task, got {tasks}")
+        return OIDEvaluator(dataset_name, distributed, output_dir)
     if evaluator_type == "sem_seg":
         return SemSegEvaluator(dataset_name, distributed, output_dir)
     if evaluator_type in _PANOPTIC_TYPES:

@@ -57,6 +57,7 @@ _ANNOTATIONS = "openimages/annotations"
 OPENIMAGES_VERSIONS: dict[str, dict[str, Any]] = {
     "v6": {
         "classes": f"{_ANNOTATIONS}/class-descriptions-boxable.csv",
+        "hierarchy": f"{_ANNOTATIONS}/bbox_labels_600_hierarchy.json",
         "splits": {
             "train": (
                 "openimages/train",
@@ -80,6 +81,7 @@ OPENIMAGES_VERSIONS: dict[str, dict[str, Any]] = {
     },
     "challenge2019": {
         "classes": f"{_ANNOTATIONS}/challenge-2019-classes-description-500.csv",
+        "hierarchy": f"{_ANNOTATIONS}/challenge-2019-label500-hierarchy.json",
         "splits": {
             "train": (
                 "openimages/train",
@@ -383,6 +385,19 @@ def _json_class_names(root: str | None, json_rel: str) -> list[str]:
     return [c["name"] for c in _json_categories(root, json_rel)]
 
 
+def _hierarchy_file(root: str | None, hierarchy_rel: str) -> str | None:
+    """The class-hierarchy json the challenge metric expands labels with, or None (logged) when it is absent."""
+    path = resolve_path(root, hierarchy_rel)
+    if os.path.isfile(path):
+        return path
+    logger.warning(
+        "OpenImages class hierarchy '%s' not found: AP is computed without expanding labels to parent classes, "
+        "which is not the official metric (download it next to the annotations)",
+        path,
+    )
+    return None
+
+
 def _json_class_mids(root: str | None, json_rel: str) -> list[str | None]:
     return [c.get("freebase_id") for c in _json_categories(root, json_rel)]
 
@@ -413,6 +428,7 @@ def register_all_openimages(root: str | None = None) -> None:
                     "thing_dataset_id_to_contiguous_id": partial(_json_id_map, root, json_rel),
                     "json_file": partial(resolve_path, root, json_rel),
                     "image_root": partial(resolve_path, root, image_dir),
+                    "oid_hierarchy_file": partial(_hierarchy_file, root, spec["hierarchy"]),
                 },
                 on_conflict="replace",
             )
@@ -423,6 +439,7 @@ def register_all_openimages(root: str | None = None) -> None:
                 "class_descriptions_csv": partial(resolve_path, root, spec["classes"]),
                 "bbox_csv": partial(resolve_path, root, bbox_rel),
                 "image_root": partial(resolve_path, root, image_dir),
+                "oid_hierarchy_file": partial(_hierarchy_file, root, spec["hierarchy"]),
             }
             if labels_rel is not None:
                 csv_lazy["image_labels_csv"] = partial(resolve_path, root, labels_rel)
