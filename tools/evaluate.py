@@ -237,6 +237,12 @@ def cli() -> None:
         parser.error(f"checkpoint not found: {args.ckpt}")
     if args.odinw and args.odinw_finetune:
         parser.error("--odinw (direct transfer) and --odinw-finetune are separate runs: give one of them")
+    if args.odinw_finetune:
+        try:  # fail here, before any worker starts
+            _finetune_settings(args.odinw_finetune)
+            _odinw_datasets(args.datasets)
+        except ValueError as error:
+            parser.error(str(error))
     launch_from_args(main, parser, args)
 
 

@@ -234,7 +234,7 @@ class CoDETR(nn.Module):
         soft = self.criterion.classification_loss.soft_loss_weight > 0
         if soft and not self.uses_text_classifier:
             raise ValueError("The soft label loss needs a text class_head")
-        # Ŝ of the current vocabulary (derived from the embeddings it follows set_vocabulary, a given one not).
+        # Ŝ of the current vocabulary: derived from the embeddings, it follows set_vocabulary; a given matrix cannot.
         self.label_similarity = (
             VocabularySimilarity(
                 self.class_embed[0],
