@@ -314,7 +314,8 @@ def plan_odinw_finetuning(
         shots: settings; None = full-shot, k = k-shot.
         seeds: seeds of each k-shot setting (GLIP: 3, 30, 300).
         full_shot_seeds: seeds of the full-shot setting.
-        datasets: ODinW datasets.
+        datasets: ODinW datasets (anything with ``short_name`` and ``eval_split`` naming registered
+            ``odinw_<short_name>_train`` / ``odinw_<short_name>_<eval_split>`` datasets).
         few_shot_source: "sample" registers GLIP-rule samples of the train split
             (:func:`register_few_shot_dataset`); "split_files" uses the registered
             ``odinw_<short>_train_<k>_<seed>`` datasets (GLIP's few-shot json files).

@@ -7,7 +7,10 @@ datasets at once, evaluated on each of them with its own vocabulary and, zero-sh
 2. builds the unified label space of the upstream training sets and its text embeddings (MiniLM offline);
 3. trains ScaleDet (projects/ScaleDet/configs/scaledet_demo_synthetic.py) with unidet2's trainer;
 4. evaluates every upstream val set with its own vocabulary and, zero-shot, the downstream sets;
-5. writes the AP table (markdown + JSON), a few images with predicted boxes and names, the training curves.
+5. optionally fine-tunes the trained model on each downstream set (full train split and/or k shots per class) in
+   that set's own label space and evaluates it again: the ODinW protocol (``unidet2.evaluation.odinw``) with
+   ``unidet2.engine.finetune.DatasetFinetuner``, on a short schedule;
+6. writes the AP table (markdown + JSON), a few images with predicted boxes and names, the training curves.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import json
 import logging
 import resource
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +71,41 @@ def ap_table(evaluation: dict, upstream: list[str], downstream: list[str]) -> tu
         cells = [f"{row[k]:.1f}" if isinstance(row[k], (int, float)) else "n/a" for k in ("AP", "AP50", "AP75")]
         lines.append(f"| {row['dataset']} | {row['role']} | " + " | ".join(cells) + " |")
     return "\n".join(lines), rows
+
+
+@dataclass(frozen=True)
+class DownstreamSet:
+    """A synthetic downstream set as the ODinW planner sees it: ``odinw_<short_name>_{train,<eval_split>}``."""
+
+    short_name: str
+    eval_split: str = "val"
+
+
+def finetune_downstream(
+    cfg,
+    checkpoint: str,
+    eval_datasets: Sequence[str],
+    settings: Sequence[int | None],
+    *,
+    seeds: Sequence[int],
+    epochs: float,
+    output: Path,
+) -> dict:
+    """Fine-tune ``checkpoint`` on the train split of every downstream set (``odinw_<x>_val`` -> ``odinw_<x>_train``)
+    for each setting (None = full split, k = k shots per class; ``seeds`` for k-shot), ``epochs`` passes over the
+    train set (no repeat), and evaluate on the val split. Returns {setting: ResultTable}."""
+    from unidet2.engine.finetune import DatasetFinetuner, FinetuneSchedule
+    from unidet2.evaluation.odinw import plan_odinw_finetuning, run_odinw_finetuning
+
+    downstream = []
+    for name in eval_datasets:
+        prefix, _, split = name.rpartition("_")
+        if not prefix.startswith("odinw_"):
+            raise ValueError(f"downstream set {name!r} is not named odinw_<name>_<split>")
+        downstream.append(DownstreamSet(prefix.removeprefix("odinw_"), split))
+    runs = plan_odinw_finetuning(shots=settings, seeds=seeds, datasets=downstream)
+    finetuner = DatasetFinetuner(cfg, checkpoint, FinetuneSchedule(epochs=epochs, dataset_repeat=1))
+    return run_odinw_finetuning(runs, finetuner, cfg, output_dir=str(output), progress=False)
 
 
 def plot_training_curves(metrics_file: Path, out_png: Path) -> None:
@@ -141,11 +181,17 @@ def run_main_job(
     images_per_dataset: int = 2,
     config: str = DEMO_CONFIG,
     overrides: list[str] | tuple[str, ...] = (),
+    finetune: Sequence[int | None] = (),
+    finetune_seeds: Sequence[int] = (3,),
+    finetune_epochs: float = 3,
 ) -> dict:
     """Data, label space, training, evaluation and the reports (see the module docstring).
 
-    Returns {"rows": AP table rows, "evaluation": raw results per dataset, "wall_seconds", "peak_rss_gib",
-    "checkpoint", "model": the trained model (eval mode), "cfg"}.
+    ``finetune``: downstream fine-tuning settings (None = full train split, k = k shots per class, with
+    ``finetune_seeds``), each ``finetune_epochs`` passes over its train set; () = none.
+
+    Returns {"rows": AP table rows, "evaluation": raw results per dataset, "finetune": {setting: table json},
+    "wall_seconds", "peak_rss_gib", "checkpoint", "model": the trained model (eval mode), "cfg"}.
     """
     from detectron2.config import LazyCall as L
     from detectron2.config import instantiate
@@ -174,13 +220,21 @@ def run_main_job(
     summary = run(cfg)
     training_peak_rss = peak_rss_gib()
     table, rows = ap_table(summary["evaluation"], upstream, downstream)
+    finetuned = {}
+    if finetune:
+        tables = finetune_downstream(cfg, summary["checkpoint"], downstream, finetune, seeds=finetune_seeds,
+                                     epochs=finetune_epochs, output=output / "finetune")  # fmt: skip
+        finetuned = {setting: t.to_json() for setting, t in tables.items()}
+        table += "\n\nFine-tuned from this model on each downstream train split, in its own label space (" + (
+            f"{finetune_epochs:g} epochs; k-shot: mean over seeds {list(finetune_seeds)}):\n\n"
+            + "\n\n".join(t.to_markdown() for t in tables.values()))
     wall = time.perf_counter() - start
     (output / "ap_table.md").write_text(
         f"# ScaleDet demo: box AP after {cfg.train.max_iter} iterations ({wall / 60:.1f} min, peak RSS "
         f"{training_peak_rss:.2f} GiB)\n\nTrained on {', '.join(train_datasets)}.\n\n{table}\n")
     (output / "ap_table.json").write_text(json.dumps(
         {"rows": rows, "max_iter": cfg.train.max_iter, "wall_seconds": wall, "peak_rss_gib": training_peak_rss,
-         "train_datasets": train_datasets}, indent=2))
+         "train_datasets": train_datasets, "finetune": finetuned}, indent=2))
     plot_training_curves(output / "metrics.json", output / "training_curves.png")
 
     model = instantiate(cfg.model)
@@ -190,5 +244,6 @@ def run_main_job(
     logger.info("AP table:\n%s", table)
     logger.info("wrote %s, ap_table.json, training_curves.png and %d images in %s; %.1f min, peak RSS %.2f GiB",
                 output / "ap_table.md", len(pictures), output / "visualizations", wall / 60, training_peak_rss)
-    return {"rows": rows, "table": table, "evaluation": summary["evaluation"], "wall_seconds": wall,
-            "peak_rss_gib": training_peak_rss, "checkpoint": summary["checkpoint"], "model": model, "cfg": cfg}
+    return {"rows": rows, "table": table, "evaluation": summary["evaluation"], "finetune": finetuned,
+            "wall_seconds": wall, "peak_rss_gib": training_peak_rss, "checkpoint": summary["checkpoint"],
+            "model": model, "cfg": cfg}
