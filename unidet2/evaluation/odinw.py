@@ -357,6 +357,7 @@ def run_odinw_finetuning(
     build_loader: Callable[[str], object] | None = None,
     backend: str | None = None,
     progress: bool = True,
+    benchmark: str = "ODinW-13",
 ) -> dict[str, ResultTable] | None:
     """Train and evaluate every run; one table per setting (full, 1shot, ...).
 
@@ -366,6 +367,7 @@ def run_odinw_finetuning(
             :class:`unidet2.engine.finetune.DatasetFinetuner`; it owns the schedule (``run.epochs``,
             ``run.dataset_repeat``) and must be called on every rank in distributed jobs (as this function is).
         cfg, vocabulary_kwargs, build_loader, backend, progress: as in :func:`evaluate_odinw`.
+        benchmark: names the set of datasets in the table titles (e.g. for other downstream sets).
         output_dir: ``<run.label>/`` per run; ``odinw_finetune_<setting>.{md,csv,json}`` per setting.
 
     Returns:
@@ -395,9 +397,9 @@ def run_odinw_finetuning(
     for setting, per_dataset in per_run.items():
         seeds = sorted({seed for by_seed in per_dataset.values() for seed in by_seed})
         table = ResultTable(
-            title=f"ODinW-13 fine-tuning, {setting} (box AP, mean over seeds {seeds})",
+            title=f"{benchmark} fine-tuning, {setting} (box AP, mean over seeds {seeds})",
             columns=[*_METRICS, *(f"AP seed={seed}" for seed in seeds)],
-            notes=["ODinW-13 score = unweighted mean over the datasets of the seed-averaged AP."],
+            notes=[f"{benchmark} score = unweighted mean over the datasets of the seed-averaged AP."],
         )
         for short_name, by_seed in per_dataset.items():
             row = {metric: statistics.fmean(v[metric] for v in by_seed.values()) for metric in _METRICS}

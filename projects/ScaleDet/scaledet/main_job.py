@@ -105,7 +105,7 @@ def finetune_downstream(
         downstream.append(DownstreamSet(prefix.removeprefix("odinw_"), split))
     runs = plan_odinw_finetuning(shots=settings, seeds=seeds, datasets=downstream)
     finetuner = DatasetFinetuner(cfg, checkpoint, FinetuneSchedule(epochs=epochs, dataset_repeat=1))
-    return run_odinw_finetuning(runs, finetuner, cfg, output_dir=str(output), progress=False)
+    return run_odinw_finetuning(runs, finetuner, cfg, output_dir=str(output), progress=False, benchmark="Downstream")
 
 
 def plot_training_curves(metrics_file: Path, out_png: Path) -> None:
