@@ -45,7 +45,12 @@ from unidet2.engine.run import launch_from_args, register_config_datasets, resol
 from unidet2.evaluation import ResultTable, evaluate_dataset
 from unidet2.evaluation.ap import BACKENDS
 from unidet2.evaluation.build import build_evaluator
-from unidet2.evaluation.odinw import evaluate_odinw, plan_odinw_finetuning, run_odinw_finetuning
+from unidet2.evaluation.odinw import (
+    evaluate_odinw,
+    parse_finetune_settings,
+    plan_odinw_finetuning,
+    run_odinw_finetuning,
+)
 
 logger = logging.getLogger("unidet2.evaluate")
 
@@ -178,18 +183,6 @@ def main(args: argparse.Namespace) -> dict:
     return results
 
 
-def _finetune_settings(values: list[str]) -> list[int | None]:
-    settings = []
-    for value in values:
-        if value == "full":
-            settings.append(None)
-        elif value.isdigit() and int(value) > 0:
-            settings.append(int(value))
-        else:
-            raise ValueError(f"--odinw-finetune takes 'full' or a number of shots, got {value!r}")
-    return settings
-
-
 def _odinw_datasets(eval_names: list[str] | None) -> tuple:
     """The ODinW datasets whose evaluation splits are ``eval_names`` (all 13 when None)."""
     if not eval_names:
@@ -212,7 +205,7 @@ def _odinw_finetune(args: argparse.Namespace, cfg, output_dir: str) -> dict:
         num_classes_key=args.num_classes_key,
     )
     runs = plan_odinw_finetuning(
-        shots=_finetune_settings(args.odinw_finetune),
+        shots=parse_finetune_settings(args.odinw_finetune),
         seeds=args.odinw_seeds,
         full_shot_seeds=args.full_shot_seeds,
         datasets=_odinw_datasets(args.datasets),
@@ -239,7 +232,7 @@ def cli() -> None:
         parser.error("--odinw (direct transfer) and --odinw-finetune are separate runs: give one of them")
     if args.odinw_finetune:
         try:  # fail here, before any worker starts
-            _finetune_settings(args.odinw_finetune)
+            parse_finetune_settings(args.odinw_finetune)
             _odinw_datasets(args.datasets)
         except ValueError as error:
             parser.error(str(error))

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from projects.ScaleDet.scaledet.main_job import DEMO_CONFIG, run_main_job
+from unidet2.evaluation.odinw import parse_finetune_settings
 
 
 def main(argv=None) -> dict:
@@ -29,11 +30,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--finetune-seeds", type=int, nargs="+", default=[3], help="seeds of the k-shot settings")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
-    finetune = []
-    for setting in args.finetune:
-        if setting != "full" and not (setting.isdigit() and int(setting) > 0):
-            parser.error(f"--finetune takes 'full' or a number of shots, got {setting!r}")
-        finetune.append(None if setting == "full" else int(setting))
+    try:
+        finetune = parse_finetune_settings(args.finetune)
+    except ValueError as error:
+        parser.error(f"--finetune: {error}")
     result = run_main_job(args.output, args.data_root, seed=args.seed, preset=args.preset, encoder=args.encoder,
                           images_per_dataset=args.images, config=args.config, overrides=args.overrides,
                           finetune=finetune, finetune_seeds=args.finetune_seeds, finetune_epochs=args.finetune_epochs)

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from unidet2.data.datasets.odinw import ODINW13, ODINW13_EVAL_DATASETS, register_all_odinw
 from unidet2.evaluation.odinw import (
     evaluate_odinw,
+    parse_finetune_settings,
     plan_odinw_finetuning,
     register_few_shot_dataset,
     run_odinw_finetuning,
@@ -197,3 +198,10 @@ def test_finetuning_protocol(odinw_root, tmp_path):
         assert row["AP seed=3"] == pytest.approx(per_seed[0]) and row["AP seed=30"] == pytest.approx(per_seed[1])
         assert row["AP"] == pytest.approx(statistics.fmean(per_seed))
     assert (tmp_path / "odinw_finetune_1shot.md").is_file() and (tmp_path / "odinw_finetune_full.json").is_file()
+
+
+def test_finetune_settings_from_the_command_line():
+    assert parse_finetune_settings(["full", "1", "10"]) == [None, 1, 10]
+    for bad in ("0", "-3", "fewshot", "2.5"):
+        with pytest.raises(ValueError, match=repr(bad)):
+            parse_finetune_settings(["full", bad])

@@ -49,6 +49,7 @@ __all__ = [
     "FinetuneRun",
     "evaluate_odinw",
     "glip_dataset_repeat",
+    "parse_finetune_settings",
     "plan_odinw_finetuning",
     "register_few_shot_dataset",
     "run_odinw_finetuning",
@@ -299,6 +300,23 @@ class FinetuneRun:
     @property
     def label(self) -> str:
         return f"{self.short_name}_{self.setting}_seed{self.seed}"
+
+
+def parse_finetune_settings(values: Sequence[str]) -> list[int | None]:
+    """Command-line settings -> :func:`plan_odinw_finetuning` ``shots``: "full" -> None, "k" -> k (k >= 1).
+
+    Raises:
+        ValueError: a value that is neither, naming it.
+    """
+    settings: list[int | None] = []
+    for value in values:
+        if value == "full":
+            settings.append(None)
+        elif value.isdigit() and int(value) > 0:
+            settings.append(int(value))
+        else:
+            raise ValueError(f"a fine-tuning setting is 'full' or a number of shots per class, got {value!r}")
+    return settings
 
 
 def plan_odinw_finetuning(
