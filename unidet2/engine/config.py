@@ -17,7 +17,14 @@ from typing import Any
 from detectron2.config import LazyConfig
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["TRAIN_DEFAULTS", "apply_overrides", "fill_train_defaults", "get_train_defaults", "load_config"]
+__all__ = [
+    "TRAIN_DEFAULTS",
+    "apply_overrides",
+    "check_key_exists",
+    "fill_train_defaults",
+    "get_train_defaults",
+    "load_config",
+]
 
 # Every key the engine reads from ``cfg.train``; missing keys of a config file are filled from here.
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -68,7 +75,7 @@ def fill_train_defaults(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def _check_key_exists(tree: Any, key: str, override: str) -> Any:
+def check_key_exists(tree: Any, key: str, override: str) -> Any:
     """The node at ``key`` (dotted; list indices as numbers) in the plain container ``tree``, else KeyError."""
     node = tree
     parts = key.split(".")
@@ -116,10 +123,10 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
             if OmegaConf.select(cfg, key, default=_MISSING, throw_on_resolution_failure=False) is not _MISSING:
                 raise KeyError(f"Override '{line}' adds key '{key}', but it already exists: drop the '+'.")
             parent = key.rpartition(".")[0]
-            if parent and not isinstance(_check_key_exists(tree, parent, line), dict):
+            if parent and not isinstance(check_key_exists(tree, parent, line), dict):
                 raise KeyError(f"Override '{line}' adds a key under '{parent}', which is not a config node.")
         elif not override.is_force_add():
-            _check_key_exists(tree, key, line)
+            check_key_exists(tree, key, line)
         OmegaConf.update(cfg, key, override.value(), merge=True)
     return cfg
 

@@ -49,6 +49,7 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
+from .config import check_key_exists
 from .evaluation import vocabulary_options
 from .run import resolve_device
 from .trainer import do_train
@@ -258,8 +259,12 @@ class DatasetFinetuner:
         cfg.lr_multiplier = _step_schedule(max_iter, schedule)
         if schedule.num_classes_key is not None:
             num_classes = len(_class_names(train_dataset))
-            if not _has_key(cfg, schedule.num_classes_key):
-                raise KeyError(f"finetune.num_classes_key '{schedule.num_classes_key}' is not a key of the config")
+            # KeyError naming the key, with close matches, as for a command-line override
+            check_key_exists(
+                OmegaConf.to_container(cfg, resolve=False),
+                schedule.num_classes_key,
+                f"finetune.num_classes_key={schedule.num_classes_key}",
+            )
             OmegaConf.update(cfg, schedule.num_classes_key, num_classes, merge=False)
         cfg.finetune_run = {
             "train_dataset": train_dataset,
@@ -328,8 +333,3 @@ def _class_names(dataset_name: str) -> Sequence[str]:
         raise KeyError(f"Dataset '{dataset_name}' has no 'vocabulary' or 'thing_classes' metadata to fine-tune on")
     return list(names)
 
-
-def _has_key(cfg: DictConfig, key: str) -> bool:
-    parent, _, leaf = key.rpartition(".")
-    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
-    return isinstance(node, DictConfig) and leaf in node
