@@ -7,7 +7,8 @@ import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss
 
-from projects.CoDETR.codetr import DetrClassificationLoss, HungarianMatcher, SetCriterion
+from projects.CoDETR.codetr import DetrClassificationLoss, SetCriterion
+from unidet2.modeling.detr import HungarianMatcher
 
 
 def _focal(logit: float, target: float, alpha=0.25, gamma=2.0) -> float:

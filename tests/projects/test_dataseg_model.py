@@ -15,7 +15,6 @@ from projects.DaTaSeg.dataseg import (
     DatasetVocabulary,
     MaskedAttentionDecoder,
     MSDeformAttnPixelDecoder,
-    build_small_resnet,
     instance_inference,
     panoptic_inference,
     semantic_inference,
@@ -24,6 +23,7 @@ from projects.DaTaSeg.dataseg import (
 from unidet2.data.mapper import MultiDatasetMapper
 from unidet2.data.synthetic import generate_synthetic, register_synthetic
 from unidet2.modeling import TextEmbeddingClassifier, set_vocabulary
+from unidet2.modeling.backbone import build_small_resnet
 
 TRAIN_SETS = ["synth_panoptic_train", "synth_semantic_train", "synth_boxes_train"]
 EMBED_DIM = 24
@@ -114,7 +114,7 @@ def test_forward_backward_per_task(synthetic, dataset, task, active):
     sum(losses.values()).backward()
     gradients = {
         "backbone": model.backbone.stem.conv1.weight.grad,
-        "pixel decoder (deformable attention)": model.pixel_decoder.encoder_layers[0].self_attn.value_proj.weight.grad,
+        "pixel decoder (deformable attention)": model.pixel_decoder.encoder.layers[0].self_attn.value_proj.weight.grad,
         "decoder queries": model.transformer_decoder.query_feat.weight.grad,
         "mask embedding": model.transformer_decoder.mask_embed[0].weight.grad,
         "classifier projection": model.classifier.linear.weight.grad,
@@ -259,4 +259,4 @@ def test_forward_backward_under_bf16_autocast(synthetic, dataset):
         losses = model(_batch(dataset))
     assert all(value.dtype == torch.float32 and torch.isfinite(value) for value in losses.values())
     sum(losses.values()).backward()
-    assert model.pixel_decoder.encoder_layers[0].self_attn.sampling_offsets.weight.grad.abs().sum() > 0
+    assert model.pixel_decoder.encoder.layers[0].self_attn.sampling_offsets.weight.grad.abs().sum() > 0

@@ -14,9 +14,9 @@ from projects.ScaleDet.scaledet import (
     ScaleDetOutputLayers,
     ScaleDetRCNN,
     ScaleDetStandardROIHeads,
-    TimmSwinBackbone,
 )
 from unidet2.modeling import find_text_classifiers, restore_vocabulary, set_vocabulary
+from unidet2.modeling.swin import TimmSwinBackbone
 
 CONFIG_DIR = "projects/ScaleDet/configs"
 EMBED_DIM = 32

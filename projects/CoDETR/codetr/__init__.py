@@ -9,8 +9,8 @@ from .aux_heads import (
     build_box_predictor,
     build_faster_rcnn_aux_head,
 )
-from .backbone import ChannelMapper, TinyConvBackbone
-from .criterion import DetrClassificationLoss, HungarianMatcher, SetCriterion
+from .backbone import TinyConvBackbone
+from .criterion import DetrClassificationLoss, SetCriterion
 from .meta_arch import AUX_QUERY_MODES, CoDETR
 from .positive_queries import (
     PositiveQueryBatch,
@@ -18,12 +18,11 @@ from .positive_queries import (
     group_attention_mask,
     padding_attention_mask,
 )
-from .transformer import DeformableTransformer, EncoderOutput, PositionEmbeddingSine
+from .transformer import DeformableTransformer, EncoderOutput
 
 __all__ = [
     "AUX_QUERY_MODES",
     "AuxTargets",
-    "ChannelMapper",
     "CoATSSHead",
     "CoDETR",
     "CoFasterRCNNHead",
@@ -31,8 +30,6 @@ __all__ = [
     "DeformableTransformer",
     "DetrClassificationLoss",
     "EncoderOutput",
-    "HungarianMatcher",
-    "PositionEmbeddingSine",
     "PositiveQueryBatch",
     "SetCriterion",
     "TinyConvBackbone",

@@ -1,5 +1,4 @@
-"""Backbone pieces: a tiny conv backbone for CPU tests/synthetic runs, and Deformable-DETR's ChannelMapper
-neck (1x1 conv + GN per input level, plus extra stride-2 levels)."""
+"""A tiny conv backbone for CPU tests and synthetic runs (the ChannelMapper neck is in :mod:`unidet2.modeling.detr`)."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import Backbone
 from torch import nn
 
-__all__ = ["ChannelMapper", "TinyConvBackbone"]
+__all__ = ["TinyConvBackbone"]
 
 
 def _conv_gn_relu(in_channels: int, out_channels: int, stride: int, groups: int) -> nn.Sequential:
@@ -58,42 +57,3 @@ class TinyConvBackbone(Backbone):
             name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
             for name in self._out_features
         }
-
-
-class ChannelMapper(nn.Module):
-    """Map backbone levels to ``out_channels`` (1x1 conv + GN) and append extra levels (3x3 stride-2 conv +
-    GN on the last input level, then on the previous extra level), as Deformable-DETR's input projection."""
-
-    def __init__(self, input_shapes: dict[str, ShapeSpec], in_features: Sequence[str], out_channels: int = 256,
-                 num_extra_levels: int = 1, norm_groups: int = 32):
-        super().__init__()
-        self.in_features = list(in_features)
-        in_channels = [input_shapes[f].channels for f in self.in_features]
-        self.strides = [input_shapes[f].stride for f in self.in_features]
-        self.projections = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, out_channels, 1), nn.GroupNorm(norm_groups, out_channels)) for c in in_channels
-        )
-        extra, previous = [], in_channels[-1]
-        for _ in range(num_extra_levels):
-            extra.append(nn.Sequential(nn.Conv2d(previous, out_channels, 3, stride=2, padding=1),
-                                       nn.GroupNorm(norm_groups, out_channels)))
-            previous = out_channels
-            self.strides.append(self.strides[-1] * 2)
-        self.extra = nn.ModuleList(extra)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.xavier_uniform_(module.weight, gain=1)
-                nn.init.constant_(module.bias, 0)
-
-    @property
-    def num_levels(self) -> int:
-        return len(self.projections) + len(self.extra)
-
-    def forward(self, features: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """Backbone dict -> list of (B, out_channels, h_l, w_l), fine to coarse."""
-        outputs = [proj(features[f]) for proj, f in zip(self.projections, self.in_features)]
-        previous = features[self.in_features[-1]]
-        for conv in self.extra:
-            previous = conv(previous)
-            outputs.append(previous)
-        return outputs

@@ -7,30 +7,22 @@ use detectron2's convention: class ids in [0, C), C = background.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from detectron2.utils import comm
-from scipy.optimize import linear_sum_assignment
 from torch import nn
-from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
+from torchvision.ops import generalized_box_iou, sigmoid_focal_loss
 
-from .losses import hard_label_loss, soft_label_loss
+from unidet2.modeling.detr import HungarianMatcher, cxcywh_to_xyxy
+from unidet2.modeling.label_assignment_losses import hard_label_loss, soft_label_loss
 
 __all__ = [
     "DetrClassificationLoss",
-    "HungarianMatcher",
     "SetCriterion",
-    "cxcywh_to_xyxy",
     "global_normalizer",
 ]
 
 CLASSIFICATION_LOSS_TYPES = ("focal", "bce")
-
-
-def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    return box_convert(boxes, "cxcywh", "xyxy")
 
 
 def global_normalizer(count: float | int, device: torch.device) -> float:
@@ -123,44 +115,6 @@ class DetrClassificationLoss(nn.Module):
                 cosine, target_classes, similarity, exclude_gt=self.soft_loss_exclude_gt
             )
         return losses
-
-
-class HungarianMatcher(nn.Module):
-    """One-to-one matching with focal classification cost, L1 and GIoU box costs (Deformable-DETR)."""
-
-    def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
-                 alpha: float = 0.25, gamma: float = 2.0):
-        super().__init__()
-        self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
-        self.alpha, self.gamma = alpha, gamma
-
-    @torch.no_grad()
-    def forward(self, logits: torch.Tensor, boxes: torch.Tensor, targets: Sequence[dict]) -> list[tuple]:
-        """
-        Args:
-            logits: (B, Q, C); boxes: (B, Q, 4) normalised cxcywh.
-            targets: per image {"labels": (G,), "boxes": (G, 4) normalised cxcywh}.
-
-        Returns:
-            per image (query_indices, target_indices), int64 tensors of equal length min(Q, G).
-        """
-        matches = []
-        for b, target in enumerate(targets):
-            labels, gt_boxes = target["labels"], target["boxes"]
-            if len(labels) == 0:
-                empty = torch.empty(0, dtype=torch.int64)
-                matches.append((empty, empty))
-                continue
-            prob = logits[b].float().sigmoid()
-            neg = (1 - self.alpha) * prob**self.gamma * (-(1 - prob + 1e-8).log())
-            pos = self.alpha * (1 - prob) ** self.gamma * (-(prob + 1e-8).log())
-            cost_class = pos[:, labels] - neg[:, labels]
-            cost_bbox = torch.cdist(boxes[b].float(), gt_boxes.float(), p=1)
-            cost_giou = -generalized_box_iou(cxcywh_to_xyxy(boxes[b].float()), cxcywh_to_xyxy(gt_boxes.float()))
-            cost = self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
-            rows, cols = linear_sum_assignment(cost.cpu().numpy())
-            matches.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
-        return matches
 
 
 def _box_losses(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, normalizer: float):

@@ -36,21 +36,28 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
+from unidet2.modeling.detr import (
+    MLP,
+    ChannelMapper,
+    HungarianMatcher,
+    SinePositionEmbedding,
+    box_sine_embedding,
+    cxcywh_to_xyxy,
+    inverse_sigmoid,
+)
+from unidet2.modeling.label_assignment_losses import dataset_class_mask
 from unidet2.modeling.similarity import VocabularySimilarity
 from unidet2.modeling.text_classifier import EmbeddingsLike, TextEmbeddingClassifier
 
 from .aux_heads import AuxTargets
-from .backbone import ChannelMapper
-from .criterion import DetrClassificationLoss, HungarianMatcher, SetCriterion, cxcywh_to_xyxy, global_normalizer
-from .losses import dataset_class_mask
+from .criterion import DetrClassificationLoss, SetCriterion, global_normalizer
 from .positive_queries import (
     PositiveQueryBatch,
     build_positive_queries,
     group_attention_mask,
     padding_attention_mask,
 )
-from .transformer import MLP, DeformableTransformer, EncoderOutput, PositionEmbeddingSine, box_sine_embedding
-from .transformer import inverse_sigmoid as _inverse_sigmoid
+from .transformer import DeformableTransformer, EncoderOutput
 
 __all__ = ["AUX_QUERY_MODES", "CoDETR"]
 
@@ -160,7 +167,7 @@ class CoDETR(nn.Module):
         num_decoder_layers = transformer.decoder.num_layers
         self.num_queries, self.with_box_refine, self.two_stage = num_queries, with_box_refine, two_stage
         self.mixed_selection = mixed_selection and two_stage
-        self.position_embedding = PositionEmbeddingSine(d_model // 2, temperature=10000.0, offset=-0.5)
+        self.position_embedding = SinePositionEmbedding(d_model // 2, temperature=10000.0, offset=-0.5)
 
         # ---- prediction heads (one per decoder layer, + the two-stage encoder proposal head)
         if class_head is None:
@@ -329,7 +336,7 @@ class CoDETR(nn.Module):
         for layer in range(hidden.shape[0]):
             layer_logits, layer_cosine = _classify(self.class_embed[layer], hidden[layer])
             delta = self.bbox_embed[layer](hidden[layer])
-            reference = _inverse_sigmoid(references[layer])
+            reference = inverse_sigmoid(references[layer])
             if reference.shape[-1] == 4:
                 coords = delta + reference
             else:
@@ -377,7 +384,7 @@ class CoDETR(nn.Module):
 
     def _positive_query_embeddings(self, k: int, queries: PositiveQueryBatch):
         d_model = self.transformer.d_model
-        unact = _inverse_sigmoid(queries.reference_boxes)
+        unact = inverse_sigmoid(queries.reference_boxes)
         pos_trans = self.aux_pos_trans_norm[k](self.aux_pos_trans[k](box_sine_embedding(unact, d_model // 2)))
         query_pos, tgt = pos_trans.split(d_model, dim=-1)
         if self.with_coord_feat:

@@ -1,5 +1,5 @@
-"""Deformable-DETR transformer pieces (encoder, decoder with iterative box refinement, two-stage proposals),
-batch-first, built on :class:`unidet2.modeling.ms_deform_attn.MSDeformAttn`.
+"""Deformable-DETR transformer: the shared encoder (:mod:`unidet2.modeling.detr`), the decoder with iterative box
+refinement and the two-stage proposals, batch-first, built on :class:`unidet2.modeling.ms_deform_attn.MSDeformAttn`.
 
 Shapes: B images, L feature levels of sizes (h_l, w_l), S = sum_l h_l w_l encoder tokens, C channels,
 Q decoder queries.
@@ -8,166 +8,25 @@ Q decoder queries.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from unidet2.modeling.detr import (
+    DeformableEncoder,
+    DeformableEncoderLayer,
+    activation_function,
+    inverse_sigmoid,
+)
 from unidet2.modeling.ms_deform_attn import MSDeformAttn
 
 __all__ = [
-    "MLP",
     "DeformableDecoder",
     "DeformableDecoderLayer",
-    "DeformableEncoder",
-    "DeformableEncoderLayer",
     "DeformableTransformer",
     "EncoderOutput",
-    "PositionEmbeddingSine",
-    "box_sine_embedding",
-    "inverse_sigmoid",
 ]
-
-
-def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """log(x / (1 - x)) with x clamped to [eps, 1 - eps]."""
-    x = x.clamp(min=0.0, max=1.0)
-    return torch.log(x.clamp(min=eps) / (1.0 - x).clamp(min=eps))
-
-
-class MLP(nn.Module):
-    """Plain multi-layer perceptron with ReLU between layers (DETR's box head)."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
-        super().__init__()
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip(dims, dims[1:] + [output_dim]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
-
-
-class PositionEmbeddingSine(nn.Module):
-    """DETR's normalised sine positional encoding of the unpadded pixels (Deformable-DETR: offset -0.5)."""
-
-    def __init__(self, num_pos_feats: int = 128, temperature: float = 10000.0, scale: float = 2 * math.pi,
-                 offset: float = -0.5, eps: float = 1e-6):
-        super().__init__()
-        self.num_pos_feats, self.temperature, self.scale, self.offset, self.eps = (
-            num_pos_feats, temperature, scale, offset, eps
-        )
-
-    def forward(self, mask: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            mask: (B, h, w) bool, True on padding.
-
-        Returns:
-            (B, 2 * num_pos_feats, h, w) float32: (y, x) sine/cosine features.
-        """
-        not_mask = (~mask).to(torch.float32)
-        y_embed = not_mask.cumsum(1)
-        x_embed = not_mask.cumsum(2)
-        y_embed = (y_embed + self.offset) / (y_embed[:, -1:, :] + self.eps) * self.scale
-        x_embed = (x_embed + self.offset) / (x_embed[:, :, -1:] + self.eps) * self.scale
-        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=mask.device)
-        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
-        pos_x = x_embed[..., None] / dim_t
-        pos_y = y_embed[..., None] / dim_t
-        pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
-        pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
-        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
-
-
-def box_sine_embedding(boxes_unact: torch.Tensor, num_pos_feats: int, temperature: float = 10000.0) -> torch.Tensor:
-    """Sine embedding of boxes given as logits (Deformable-DETR ``get_proposal_pos_embed``).
-
-    Args:
-        boxes_unact: (B, N, 4) inverse-sigmoid of normalised (cx, cy, w, h).
-        num_pos_feats: features per coordinate (even).
-
-    Returns:
-        (B, N, 4 * num_pos_feats)
-    """
-    dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=boxes_unact.device)
-    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
-    pos = boxes_unact.sigmoid()[..., None] * (2 * math.pi) / dim_t  # (B, N, 4, F)
-    return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=4).flatten(2)
-
-
-def _activation(name: str):
-    if name == "relu":
-        return F.relu
-    if name == "gelu":
-        return F.gelu
-    raise ValueError(f"Unknown activation {name!r}")
-
-
-class DeformableEncoderLayer(nn.Module):
-    """Post-norm encoder layer: multi-scale deformable self-attention + FFN."""
-
-    def __init__(self, d_model: int = 256, ffn_dim: int = 1024, dropout: float = 0.1, activation: str = "relu",
-                 num_levels: int = 4, num_heads: int = 8, num_points: int = 4):
-        super().__init__()
-        self.self_attn = MSDeformAttn(d_model, num_heads, num_levels, num_points)
-        self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, ffn_dim)
-        self.activation = _activation(activation)
-        self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(ffn_dim, d_model)
-        self.dropout3 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
-
-    def forward(self, src, pos, reference_points, spatial_shapes, padding_mask):
-        """src, pos: (B, S, C); reference_points: (B, S, L, 2); padding_mask: (B, S). Returns (B, S, C)."""
-        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, padding_mask)
-        src = self.norm1(src + self.dropout1(attended))
-        ffn = self.linear2(self.dropout2(self.activation(self.linear1(src))))
-        return self.norm2(src + self.dropout3(ffn))
-
-
-class DeformableEncoder(nn.Module):
-    def __init__(self, layer: DeformableEncoderLayer, num_layers: int):
-        super().__init__()
-        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
-
-    @staticmethod
-    def reference_points(spatial_shapes: list[tuple[int, int]], valid_ratios: torch.Tensor) -> torch.Tensor:
-        """Pixel centres of every level, normalised by the valid (unpadded) size, seen from every level.
-
-        Args:
-            spatial_shapes: L sizes (h_l, w_l).
-            valid_ratios: (B, L, 2) valid fraction (w, h) of each level.
-
-        Returns:
-            (B, S, L, 2)
-        """
-        points = []
-        device = valid_ratios.device
-        for level, (height, width) in enumerate(spatial_shapes):
-            ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device),
-                torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device),
-                indexing="ij",
-            )
-            ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * height)
-            ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * width)
-            points.append(torch.stack((ref_x, ref_y), -1))
-        reference = torch.cat(points, 1)
-        return reference[:, :, None] * valid_ratios[:, None]
-
-    def forward(self, src, pos, spatial_shapes, valid_ratios, padding_mask):
-        reference = self.reference_points(spatial_shapes, valid_ratios)
-        for layer in self.layers:
-            src = layer(src, pos, reference, spatial_shapes, padding_mask)
-        return src
 
 
 class DeformableDecoderLayer(nn.Module):
@@ -184,7 +43,7 @@ class DeformableDecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, ffn_dim)
-        self.activation = _activation(activation)
+        self.activation = activation_function(activation)
         self.dropout3 = nn.Dropout(dropout)
         self.linear2 = nn.Linear(ffn_dim, d_model)
         self.dropout4 = nn.Dropout(dropout)

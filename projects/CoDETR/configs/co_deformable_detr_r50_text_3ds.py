@@ -15,9 +15,9 @@ from detectron2.config import LazyCall as L
 from omegaconf import OmegaConf
 
 from projects.CoDETR.codetr import DetrClassificationLoss
-from projects.CoDETR.codetr.losses import dataset_columns_from_label_space
 from unidet2.data.build import build_multi_dataset_train_loader
 from unidet2.data.label_space import UnifiedLabelSpace
+from unidet2.modeling.label_assignment_losses import dataset_columns_from_label_space
 from unidet2.modeling.text_classifier import TextEmbeddingClassifier
 
 from .co_deformable_detr_r50_1x_coco import dataloader, model, optimizer, train

@@ -9,7 +9,7 @@ timm checkpoint (nothing is downloaded on machines without network).
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
-from projects.ScaleDet.scaledet.backbone import TimmSwinBackbone
+from unidet2.modeling.swin import TimmSwinBackbone
 
 from .co_deformable_detr_r50_1x_coco import dataloader, model, optimizer, train
 from .common.schedule import COCO_TRAIN_IMAGES, iterations, step_schedule

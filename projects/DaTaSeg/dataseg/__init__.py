@@ -1,7 +1,6 @@
 """DaTaSeg: shared mask proposals classified by text embeddings of each dataset's vocabulary (+ a shared learnable
 background), task-specific MERGE before matching, box-supervised masks through the projection loss."""
 
-from .backbone import build_small_resnet
 from .criterion import BOX_SUPERVISED_TASKS, LOSS_NAMES, DaTaSegCriterion
 from .losses import (
     box_projection_targets,
@@ -23,7 +22,7 @@ from .merge import (
 )
 from .meta_arch import DaTaSeg
 from .optim import dataseg_param_groups
-from .pixel_decoder import MSDeformAttnPixelDecoder, PositionEmbeddingSine
+from .pixel_decoder import MSDeformAttnPixelDecoder
 from .postprocess import instance_inference, panoptic_inference, semantic_inference
 from .transformer_decoder import MaskedAttentionDecoder, text_logits
 from .vocabulary import DatasetVocabulary, dataset_vocabularies, first_vocabulary_embeddings, thing_classes_of
@@ -40,9 +39,7 @@ __all__ = [
     "MSDeformAttnPixelDecoder",
     "MaskedAttentionDecoder",
     "MergedPredictions",
-    "PositionEmbeddingSine",
     "box_projection_targets",
-    "build_small_resnet",
     "dataset_vocabularies",
     "dataseg_param_groups",
     "dice_cost",

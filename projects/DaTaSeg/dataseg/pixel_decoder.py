@@ -17,59 +17,9 @@ import torch.nn.functional as F
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from torch import nn
 
-from unidet2.modeling.ms_deform_attn import MSDeformAttn
+from unidet2.modeling.detr import DeformableEncoder, DeformableEncoderLayer, SinePositionEmbedding
 
-__all__ = ["MSDeformAttnPixelDecoder", "PositionEmbeddingSine"]
-
-
-class PositionEmbeddingSine(nn.Module):
-    """DETR's 2-D sine position embedding over normalised coordinates.
-
-    ``forward(x)`` with x (B, C, H, W) returns (B, 2 * num_pos_feats, H, W): the y half then the x half.
-    """
-
-    def __init__(self, num_pos_feats: int, temperature: float = 10000.0, scale: float = 2 * math.pi):
-        super().__init__()
-        if num_pos_feats % 2:
-            raise ValueError(f"num_pos_feats must be even, got {num_pos_feats}")
-        self.num_pos_feats = num_pos_feats
-        self.temperature = temperature
-        self.scale = scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, _, height, width = x.shape
-        eps = 1e-6
-        y_embed = torch.arange(1, height + 1, dtype=torch.float32, device=x.device) / (height + eps) * self.scale
-        x_embed = torch.arange(1, width + 1, dtype=torch.float32, device=x.device) / (width + eps) * self.scale
-        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=x.device)
-        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
-        pos_x = x_embed[:, None] / dim_t  # (W, F)
-        pos_y = y_embed[:, None] / dim_t  # (H, F)
-        pos_x = torch.stack((pos_x[:, 0::2].sin(), pos_x[:, 1::2].cos()), dim=2).flatten(1)
-        pos_y = torch.stack((pos_y[:, 0::2].sin(), pos_y[:, 1::2].cos()), dim=2).flatten(1)
-        pos = torch.cat(
-            [pos_y[:, None, :].expand(height, width, -1), pos_x[None, :, :].expand(height, width, -1)], dim=2
-        )
-        return pos.permute(2, 0, 1)[None].expand(batch, -1, -1, -1).to(x.dtype)
-
-
-class _DeformableEncoderLayer(nn.Module):
-    """Post-norm encoder layer: deformable self-attention over all levels, then a feed-forward network."""
-
-    def __init__(self, dim: int, ffn_dim: int, num_heads: int, num_levels: int, num_points: int, dropout: float):
-        super().__init__()
-        self.self_attn = MSDeformAttn(dim, num_heads, num_levels, num_points)
-        self.norm1 = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(
-            nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(ffn_dim, dim)
-        )
-        self.norm2 = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, src, pos, reference_points, spatial_shapes):
-        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes)
-        src = self.norm1(src + self.dropout(attended))
-        return self.norm2(src + self.dropout(self.ffn(src)))
+__all__ = ["MSDeformAttnPixelDecoder"]
 
 
 class MSDeformAttnPixelDecoder(nn.Module):
@@ -129,10 +79,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
             nn.init.constant_(proj[0].bias, 0)
         self.level_embed = nn.Parameter(torch.empty(self.num_levels, hidden_dim))
         nn.init.normal_(self.level_embed)
-        self.position_embedding = PositionEmbeddingSine(hidden_dim // 2)
-        self.encoder_layers = nn.ModuleList(
-            _DeformableEncoderLayer(hidden_dim, ffn_dim, num_heads, self.num_levels, num_points, dropout)
-            for _ in range(num_encoder_layers)
+        self.position_embedding = SinePositionEmbedding(hidden_dim // 2)
+        self.encoder = DeformableEncoder(
+            DeformableEncoderLayer(hidden_dim, ffn_dim, dropout, "relu", self.num_levels, num_heads, num_points),
+            num_encoder_layers,
         )
 
         # FPN path for the levels finer than the encoder's (finest last).
@@ -162,20 +112,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.hidden_dim = hidden_dim
         self.mask_dim = mask_dim
 
-    @staticmethod
-    def _reference_points(spatial_shapes: list[tuple[int, int]], batch: int, device) -> torch.Tensor:
-        """Pixel centres of every level in [0, 1], (B, S, L, 2) as (x, y) (no padding: valid ratios are 1)."""
-        points = []
-        for height, width in spatial_shapes:
-            ys, xs = torch.meshgrid(
-                (torch.arange(height, dtype=torch.float32, device=device) + 0.5) / height,
-                (torch.arange(width, dtype=torch.float32, device=device) + 0.5) / width,
-                indexing="ij",
-            )
-            points.append(torch.stack((xs.reshape(-1), ys.reshape(-1)), dim=-1))
-        points = torch.cat(points, dim=0)  # (S, 2)
-        return points[None, :, None, :].expand(batch, -1, len(spatial_shapes), -1)
-
     def forward(self, features: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         sources, positions, shapes = [], [], []
         for level, name in enumerate(self.transformer_in_features):
@@ -183,13 +119,11 @@ class MSDeformAttnPixelDecoder(nn.Module):
             batch, _, height, width = x.shape
             shapes.append((height, width))
             sources.append(x.flatten(2).transpose(1, 2))  # (B, h*w, D)
-            pos = self.position_embedding(x).flatten(2).transpose(1, 2)
+            pos = self.position_embedding.forward_unmasked(x).flatten(2).transpose(1, 2)
             positions.append(pos + self.level_embed[level][None, None, :])
         src = torch.cat(sources, dim=1)
         pos = torch.cat(positions, dim=1)
-        reference_points = self._reference_points(shapes, src.shape[0], src.device)
-        for layer in self.encoder_layers:
-            src = layer(src, pos, reference_points, shapes)
+        src = self.encoder(src, pos, shapes)  # no padding: every level is valid
 
         outputs = []
         for level, chunk in enumerate(src.split([h * w for h, w in shapes], dim=1)):

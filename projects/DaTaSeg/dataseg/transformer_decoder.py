@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unidet2.modeling.detr import SinePositionEmbedding
 from unidet2.modeling.text_classifier import TextEmbeddingClassifier
-
-from .pixel_decoder import PositionEmbeddingSine
 
 __all__ = ["MaskedAttentionDecoder", "text_logits"]
 
@@ -136,7 +135,7 @@ class MaskedAttentionDecoder(nn.Module):
         self.num_layers = num_layers
         self.num_queries = num_queries
         self.num_feature_levels = num_feature_levels
-        self.position_embedding = PositionEmbeddingSine(hidden_dim // 2)
+        self.position_embedding = SinePositionEmbedding(hidden_dim // 2)
         self.cross_attention = nn.ModuleList(_AttentionLayer(hidden_dim, num_heads, dropout) for _ in range(num_layers))
         self.self_attention = nn.ModuleList(_AttentionLayer(hidden_dim, num_heads, dropout) for _ in range(num_layers))
         self.ffn = nn.ModuleList(_FeedForwardLayer(hidden_dim, ffn_dim, dropout) for _ in range(num_layers))
@@ -168,7 +167,7 @@ class MaskedAttentionDecoder(nn.Module):
         memories, positions, sizes = [], [], []
         for level, feature in enumerate(multi_scale_features):
             sizes.append(feature.shape[-2:])
-            positions.append(self.position_embedding(feature).flatten(2).transpose(1, 2))
+            positions.append(self.position_embedding.forward_unmasked(feature).flatten(2).transpose(1, 2))
             memory = self.input_proj[level](feature).flatten(2).transpose(1, 2)
             memories.append(memory + self.level_embed.weight[level][None, None, :])
         batch = mask_features.shape[0]

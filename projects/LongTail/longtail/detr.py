@@ -27,7 +27,7 @@ from detectron2.structures import Boxes
 from torch import nn
 
 from projects.CoDETR.codetr import CoDETR
-from projects.CoDETR.codetr.criterion import cxcywh_to_xyxy
+from unidet2.modeling.detr import cxcywh_to_xyxy
 
 from .distillation import head_class_kl_loss, masked_feature_distillation_loss
 from .stage_model import StageModelMixin

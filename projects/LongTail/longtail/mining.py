@@ -35,11 +35,10 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
-from scipy.optimize import linear_sum_assignment
-from torchvision.ops import generalized_box_iou
 from tqdm import tqdm
 
 from unidet2.engine.checkpoint import atomic_write_text
+from unidet2.modeling.detr import HungarianMatcher, xyxy_to_normalized_cxcywh
 
 from .data import dataset_json_file, ensure_datasets
 from .exemplars import (
@@ -96,7 +95,8 @@ def match_confidences(
         pred_probs: (Q, C) class probabilities.
         gt_boxes: (G, 4) XYXY pixels.
         gt_classes: (G,) contiguous ids.
-        image_size: (height, width) that normalises the boxes for the L1 cost.
+        image_size: (height, width) that normalises the boxes to cxcywh in [0, 1], as the DETR criterion's
+            matcher sees them (L1 and GIoU costs).
 
     Returns:
         confidences (G,) float64 = max over classes of the matched prediction's probabilities (0 if
@@ -107,28 +107,15 @@ def match_confidences(
     matched = np.zeros(num_gt, dtype=bool)
     if num_gt == 0 or pred_boxes.shape[0] == 0:
         return confidences, matched
-    pred_boxes, pred_probs, gt_boxes = pred_boxes.double(), pred_probs.double(), gt_boxes.double()
-    probs = pred_probs[:, gt_classes.long()]  # (Q, G)
-    negative = (1 - focal_alpha) * probs**focal_gamma * (-(1 - probs + 1e-8).log())
-    positive = focal_alpha * (1 - probs) ** focal_gamma * (-(probs + 1e-8).log())
-    height, width = image_size
-    scale = pred_boxes.new_tensor([width, height, width, height])
-
-    def cxcywh(boxes: torch.Tensor) -> torch.Tensor:
-        boxes = boxes / scale
-        return torch.stack(
-            [(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2, boxes[:, 2] - boxes[:, 0],
-             boxes[:, 3] - boxes[:, 1]], dim=1,
-        )
-
-    cost = (
-        cost_class * (positive - negative)
-        + cost_bbox * torch.cdist(cxcywh(pred_boxes), cxcywh(gt_boxes), p=1)
-        - cost_giou * generalized_box_iou(pred_boxes, gt_boxes)
+    matcher = HungarianMatcher(cost_class, cost_bbox, cost_giou, alpha=focal_alpha, gamma=focal_gamma)
+    rows, cols = matcher.match_probabilities(
+        pred_probs.double(),
+        xyxy_to_normalized_cxcywh(pred_boxes.double(), image_size),
+        gt_classes,
+        xyxy_to_normalized_cxcywh(gt_boxes.double(), image_size),
     )
-    rows, cols = linear_sum_assignment(cost.numpy())
-    confidences[cols] = pred_probs[torch.as_tensor(rows)].max(dim=1).values.numpy()
-    matched[cols] = True
+    confidences[cols.numpy()] = pred_probs[rows].double().max(dim=1).values.numpy()
+    matched[cols.numpy()] = True
     return confidences, matched
 
 

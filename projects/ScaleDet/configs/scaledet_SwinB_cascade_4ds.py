@@ -9,7 +9,7 @@ import torch
 from detectron2.config import LazyCall as L
 from detectron2.solver.build import get_default_optimizer_params
 
-from projects.ScaleDet.scaledet import TimmSwinBackbone
+from unidet2.modeling.swin import TimmSwinBackbone
 
 from .scaledet_R50_cascade_4ds import (
     dataloader,

@@ -11,14 +11,13 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BasicStem, ResNet
 
 from projects.CoDETR.codetr import (
-    ChannelMapper,
     CoATSSHead,
     CoDETR,
     DeformableTransformer,
     DetrClassificationLoss,
-    HungarianMatcher,
     build_faster_rcnn_aux_head,
 )
+from unidet2.modeling.detr import ChannelMapper, HungarianMatcher
 
 D_MODEL = 256
 ADAPTER_STRIDES = [8, 16, 32, 64, 128]  # transformer levels 8..64 + the adapter's extra stride-128 level

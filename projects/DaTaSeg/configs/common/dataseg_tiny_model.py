@@ -10,7 +10,8 @@ by the engine (``dataloader.vocabulary`` must name the same encoder).
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
-from projects.DaTaSeg.dataseg import build_small_resnet, dataset_vocabularies
+from projects.DaTaSeg.dataseg import dataset_vocabularies
+from unidet2.modeling.backbone import build_small_resnet
 
 from .dataseg_r50_model import model
 

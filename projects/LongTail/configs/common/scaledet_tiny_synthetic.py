@@ -28,9 +28,9 @@ from projects.LongTail.longtail.data import LVIS_V1_TRAIN_IMAGES
 from projects.ScaleDet.configs.common.scaledet_model import faster_rcnn_roi_heads
 from projects.ScaleDet.configs.common.scaledet_model import model as _scaledet_model
 from projects.ScaleDet.configs.common.scaledet_model import scaledet as _scaledet
-from projects.ScaleDet.scaledet import make_small_resnet_stages
 from unidet2.data.mapper import MultiDatasetMapper, build_resize_augmentation
 from unidet2.evaluation import LVISEvaluator
+from unidet2.modeling.backbone import small_resnet_stages
 
 longtail = {
     "dataset": "synth_lvis_train",  # D_l, the whole long-tailed training set
@@ -63,7 +63,7 @@ model = copy.deepcopy(_scaledet_model)
 model._target_ = LongTailRCNN
 model.backbone.bottom_up = L(ResNet)(
     stem=L(BasicStem)(in_channels=3, out_channels=16, norm="BN"),
-    stages=L(make_small_resnet_stages)(stem_channels=16, widths=(16, 32, 64, 128), blocks_per_stage=(1, 1, 1, 1)),
+    stages=L(small_resnet_stages)(stem_channels=16, widths=(16, 32, 64, 128), blocks_per_stage=(1, 1, 1, 1)),
     out_features=["res2", "res3", "res4", "res5"],
     freeze_at=0,
 )

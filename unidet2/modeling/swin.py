@@ -1,6 +1,6 @@
-"""Backbones for the ScaleDet configs: timm's Swin Transformer, and unidet2's small ResNet (CPU runs).
+"""timm's Swin Transformer as a detectron2 backbone (ScaleDet's and Co-DETR's Swin configs).
 
-The Swin wrapper reuses timm's implementation (pinned in requirements.txt) instead of copying Swin code as
+The wrapper reuses timm's implementation (pinned in requirements.txt) instead of copying Swin code as
 Detic does: timm's Swin pads windows for any input size (``strict_img_size=False``) and exposes NCHW
 multi-scale features through ``forward_intermediates``.
 """
@@ -13,13 +13,7 @@ import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import Backbone
 
-from unidet2.modeling.backbone import small_resnet_stages
-
-__all__ = ["TimmSwinBackbone", "make_small_resnet_stages"]
-
-
-# the narrow ResNet stages of the CPU configs are unidet2's (shared with DaTaSeg)
-make_small_resnet_stages = small_resnet_stages
+__all__ = ["TimmSwinBackbone"]
 
 
 class TimmSwinBackbone(Backbone):
