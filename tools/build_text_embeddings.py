@@ -37,6 +37,7 @@ from unidet2.data.text_embeddings import (
     get_text_embeddings,
     save_text_embeddings,
 )
+from unidet2.modeling.similarity import similarity_options_record
 
 logger = logging.getLogger("build_text_embeddings")
 
@@ -76,7 +77,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--symmetrize",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="symmetrise S as (S+S^T)/2 (default: yes for minmax_row, no otherwise)",
+        help="symmetrise S as (S+S^T)/2 (default: the rule a model deriving S uses: yes for minmax_row, no otherwise)",
     )
     parser.add_argument("--topk", type=int, help="keep the k most similar other labels per row of S")
     parser.add_argument("--threshold", type=float, help="zero entries of S below this value")
@@ -183,11 +184,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 {
                     "embeddings_content_hash": metadata["content_hash"],
                     "names": space.names,
-                    "normalization": args.similarity_normalization,
-                    "temperature": args.temperature,
-                    "symmetrize": args.symmetrize,
-                    "topk": args.topk,
-                    "threshold": args.threshold,
+                    # the options resolved as a model resolves its own (symmetrize: the one rule of
+                    # resolve_symmetrize), so that a model given this file can check that they agree
+                    **similarity_options_record(
+                        args.similarity_normalization,
+                        symmetrize=args.symmetrize,
+                        temperature=args.temperature,
+                        topk=args.topk,
+                        threshold=args.threshold,
+                    ),
                     "shape": list(similarity.shape),
                     "dtype": "float32",
                 },

@@ -1,5 +1,6 @@
-"""ScaleDet losses (Eq. 6 hard label BCE, Eq. 7 soft label MSE) against hand-computed values, and the
-predictor's plumbing (tau, lambda, cosine vs sigmoid input, partitioned negatives)."""
+"""ScaleDet losses (Eq. 6 hard label BCE, Eq. 7 soft label MSE) against hand-computed values, the BCE negatives
+(all, partitioned, near-duplicates of the GT skipped), and the predictor's plumbing (tau, lambda, cosine vs sigmoid
+input, Ŝ derived or given, and a given Ŝ checked against the options it was built with)."""
 
 import math
 
@@ -11,14 +12,17 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from projects.ScaleDet.scaledet import (
-    ScaleDetOutputLayers,
+from projects.ScaleDet.scaledet import ScaleDetOutputLayers
+from unidet2.modeling import TextEmbeddingClassifier, VocabularySimilarity, set_vocabulary
+from unidet2.modeling.label_assignment_losses import (
+    HardLabelLoss,
+    SoftLabelLoss,
     concat_dataset_columns,
     dataset_class_mask,
     hard_label_loss,
+    near_duplicate_mask,
     soft_label_loss,
 )
-from unidet2.modeling import TextEmbeddingClassifier, set_vocabulary
 
 
 def softplus(z: float) -> float:
@@ -72,6 +76,65 @@ def test_hard_loss_rejects_out_of_vocabulary_labels():
         hard_label_loss(LOGITS, torch.tensor([2, 3]), class_mask=torch.tensor([[True, True, False]] * 2))
 
 
+# Near-duplicate negatives: t1 is a near-copy of t0 (cosine 0.99, like COCO "person" vs Objects365 "person"),
+# t2 is orthogonal to both.
+DUP_EMBEDDINGS = torch.tensor([[1.0, 0.0], [0.99, math.sqrt(1 - 0.99**2)], [0.0, 1.0]])
+
+
+def test_near_duplicate_mask_drops_only_the_gt_labels_duplicates():
+    mask = near_duplicate_mask(DUP_EMBEDDINGS, torch.tensor([0, 1, 2, 3, -1]), threshold=0.95)
+    assert mask.tolist() == [
+        [True, False, True],  # GT 0: its duplicate (column 1) is not a negative
+        [False, True, True],  # GT 1: likewise column 0
+        [True, True, True],  # GT 2 has no duplicate
+        [True, True, True],  # background: every column is a negative
+        [True, True, True],  # ignored row (left out by the loss anyway)
+    ]
+    # a threshold above the duplicate's cosine keeps every column
+    assert near_duplicate_mask(DUP_EMBEDDINGS, torch.tensor([0]), threshold=0.995).all()
+
+
+def test_hard_loss_skipping_near_duplicates_matches_hand_computation():
+    # proposal 0 (GT 0) counts columns 0 and 2; background proposal 1 counts all three
+    loss = HardLabelLoss("sum_classes", negatives="skip_duplicates", duplicate_threshold=0.95)
+    expected_sum = (ROW0[0] + ROW0[2] + sum(ROW1)) / 2
+    assert expected_sum == pytest.approx(1.617171, abs=1e-6)  # (0.126928 + 0.974077 + 2.133337) / 2
+    assert loss(LOGITS, GT, embeddings=DUP_EMBEDDINGS).item() == pytest.approx(expected_sum, abs=1e-6)
+    loss = HardLabelLoss("mean_classes", negatives="skip_duplicates", duplicate_threshold=0.95)
+    expected_mean = ((ROW0[0] + ROW0[2]) / 2 + sum(ROW1) / 3) / 2
+    assert loss(LOGITS, GT, embeddings=DUP_EMBEDDINGS).item() == pytest.approx(expected_mean, abs=1e-6)
+    # plain negatives: every column, the values of the plain tests above
+    plain = HardLabelLoss("sum_classes", negatives="all")
+    assert plain(LOGITS, GT, embeddings=DUP_EMBEDDINGS).item() == pytest.approx(1.773802, abs=1e-6)
+    with pytest.raises(ValueError, match="text embeddings"):
+        loss(LOGITS, GT)
+
+
+def test_duplicate_columns_fight_under_plain_bce_and_not_when_skipped():
+    """Two columns with the same embedding share one logit z. Plain BCE with target 1 on one and 0 on the other
+    has gradient (σ(z) - 1) + σ(z) = 2σ(z) - 1 on z: zero at σ(z) = 0.5, the stalemate. Skipping the duplicate
+    leaves σ(z) - 1 = -0.5 at z = 0, which keeps raising the GT score."""
+    embeddings = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    gt = torch.tensor([0])
+    for negatives, expected_gradient in (("all", 0.0), ("skip_duplicates", -0.5)):
+        shared = torch.zeros((), requires_grad=True)
+        logits = torch.stack([shared, shared, torch.tensor(-3.0)])[None]
+        HardLabelLoss("sum_classes", negatives=negatives)(logits, gt, embeddings=embeddings).backward()
+        assert shared.grad.item() == pytest.approx(expected_gradient, abs=1e-7), negatives
+
+
+def test_hard_loss_module_partitioned_negatives_and_option_checks():
+    mask = dataset_class_mask(concat_dataset_columns([2, 1]), 3)[torch.tensor([0, 1])]
+    loss = HardLabelLoss("mean_classes", negatives="partitioned")
+    assert loss(LOGITS, GT, dataset_mask=mask).item() == pytest.approx(0.173511, abs=1e-6)
+    with pytest.raises(ValueError, match="dataset_mask"):
+        loss(LOGITS, GT)
+    with pytest.raises(ValueError, match="negatives"):
+        HardLabelLoss(negatives="some")
+    with pytest.raises(ValueError, match="normalization"):
+        HardLabelLoss("per_image")
+
+
 # Soft loss: 3 proposals (fg class 0, background, fg class 2) x 3 classes.
 COSINE = torch.tensor([[0.9, 0.2, -0.1], [0.3, 0.3, 0.3], [0.1, 0.4, 0.8]])
 SOFT_GT = torch.tensor([0, 3, 2])
@@ -114,20 +177,21 @@ def _proposals(gt_classes, sources=None):
     return proposals
 
 
-def _predictor(**kwargs):
+def _predictor(similarity=SIM, hard=None, soft=None, dataset_columns=None, **similarity_options):
     """Predictor whose cosines are known: 2-d text space, identity projection of the 2 input channels."""
     embeddings = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32)  # already unit rows
     classifier = TextEmbeddingClassifier(2, embeddings, temperature=0.5)
     with torch.no_grad():
         classifier.linear.weight.copy_(torch.eye(2))
         classifier.linear.bias.zero_()
-    similarity = kwargs.pop("similarity", SIM)
     return ScaleDetOutputLayers(
         ShapeSpec(channels=2),
         box2box_transform=Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0)),
         classifier=classifier,
-        similarity=similarity,
-        **kwargs,
+        hard_loss=hard if hard is not None else HardLabelLoss("mean_classes"),
+        soft_loss=soft if soft is not None else SoftLabelLoss(1.0, exclude_gt=True),
+        label_similarity=VocabularySimilarity(similarity=similarity, **similarity_options),
+        dataset_columns=dataset_columns,
     )
 
 
@@ -137,7 +201,7 @@ EXPECTED_COSINE = np.array([[0.6, 0.8, 1.0], [1.0, 0.0, 0.6]])
 
 
 def test_predictor_uses_temperature_cosines_and_lambda():
-    predictor = _predictor(soft_loss_weight=0.5, soft_loss_input="cosine")
+    predictor = _predictor(soft=SoftLabelLoss(0.5, input="cosine", exclude_gt=True))
     cosine, deltas = predictor(FEATURES)
     np.testing.assert_allclose(cosine.detach().numpy(), EXPECTED_COSINE, atol=1e-6)
     assert deltas.shape == (2, 4)  # class-agnostic regression
@@ -154,7 +218,9 @@ def test_predictor_uses_temperature_cosines_and_lambda():
 
 def test_predictor_sigmoid_soft_input_and_partitioned_negatives():
     predictor = _predictor(
-        soft_loss_input="sigmoid", partitioned_negatives=True, dataset_columns=[[0, 1], [2]], soft_loss_weight=1.0
+        hard=HardLabelLoss("mean_classes", negatives="partitioned"),
+        soft=SoftLabelLoss(1.0, input="sigmoid", exclude_gt=True),
+        dataset_columns=[[0, 1], [2]],
     )
     with EventStorage():
         losses = predictor.losses(predictor(FEATURES), [_proposals([2, 3], sources=[1, 0])])
@@ -169,34 +235,41 @@ def test_predictor_sigmoid_soft_input_and_partitioned_negatives():
 
 
 def test_predictor_partitioned_negatives_need_sources():
-    predictor = _predictor(partitioned_negatives=True, dataset_columns=[[0, 1], [2]])
+    predictor = _predictor(hard=HardLabelLoss(negatives="partitioned"), dataset_columns=[[0, 1], [2]])
     with EventStorage(), pytest.raises(ValueError, match="dataset_source"):
         predictor.losses(predictor(FEATURES), [_proposals([2, 3])])
 
 
-def test_predictor_similarity_default_is_row_minmax_of_embeddings():
-    predictor = _predictor(similarity=None)
+def test_predictor_similarity_default_is_symmetrised_row_minmax_of_embeddings():
     # raw cosines t_i . t_j: [[1, 0, .6], [0, 1, .8], [.6, .8, 1]]; per-row min-max to [0, 1]:
-    expected = np.array([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8], [0.0, 0.5, 1.0]])
-    np.testing.assert_allclose(predictor.similarity.numpy(), expected, atol=1e-6)
+    per_row = np.array([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8], [0.0, 0.5, 1.0]])
+    np.testing.assert_allclose(_predictor(similarity=None, symmetrize=False).similarity.numpy(), per_row, atol=1e-6)
+    # the default (symmetrize=None) follows label_similarity's rule for minmax_row: (Ŝ + Ŝ^T) / 2
+    symmetric = np.array([[1.0, 0.0, 0.3], [0.0, 1.0, 0.65], [0.3, 0.65, 1.0]])
+    np.testing.assert_allclose(_predictor(similarity=None).similarity.numpy(), symmetric, atol=1e-6)
 
 
 def test_predictor_similarity_follows_a_vocabulary_change():
     """Fine-tuning on a new label space: a derived Ŝ is derived again (once) for the new vocabulary, and the
     soft loss trains with it; a given Ŝ of the training vocabulary refuses to be paired with another one."""
     predictor = _predictor(similarity=None)
+    derivations = []
+    derive = predictor.label_similarity._derive
+    predictor.label_similarity._derive = lambda emb: derivations.append(len(emb)) or derive(emb)
     original = predictor.similarity.clone()
     new_vocabulary = torch.tensor([[0.0, 1.0], [0.8, 0.6]])  # cosine 0.6 between the two new classes
     previous = set_vocabulary(predictor, new_vocabulary)
     # raw cosines [[1, .6], [.6, 1]]; per-row min-max -> identity
     np.testing.assert_allclose(predictor.similarity.numpy(), np.eye(2), atol=1e-6)
-    assert predictor.similarity is predictor.similarity  # cached until the next change
+    assert predictor.similarity.shape == predictor.similarity.shape == (2, 2)
+    assert derivations == [3, 2]  # derived once per vocabulary: repeated reads are cached
     with EventStorage():
         losses = predictor.losses(predictor(FEATURES), [_proposals([1, 2])])  # GT class 1 of 2, background
     # soft loss, proposal 0 only (foreground), GT column excluded: (cos(f0, t0) - Ŝ[1, 0])^2 = (0.8 - 0)^2
     assert losses["loss_soft"].item() == pytest.approx(0.8**2, abs=1e-6)
     set_vocabulary(predictor, previous)
     np.testing.assert_allclose(predictor.similarity.numpy(), original.numpy(), atol=1e-7)
+    assert derivations == [3, 2, 3]
 
     given = _predictor()  # SIM given as a matrix
     given.to(torch.float32)  # moving the model is no vocabulary change
@@ -212,3 +285,38 @@ def test_predictor_probabilities_have_a_zero_background_column():
     assert probs.shape == (2, 4)
     np.testing.assert_allclose(probs[:, :3].detach().numpy(), 1 / (1 + np.exp(-EXPECTED_COSINE / 0.5)), atol=1e-6)
     assert torch.all(probs[:, 3] == 0)
+
+
+def test_given_similarity_file_must_record_the_models_options(tmp_path):
+    """One rule decides symmetrisation for a derived Ŝ and for tools/build_text_embeddings.py --similarity: with
+    the defaults on both sides the tool's file is exactly the matrix the model derives, and a model configured
+    otherwise refuses the file instead of training on another Ŝ."""
+    import importlib.util
+    import json
+    import zlib
+
+    from unidet2.data import text_embeddings
+
+    @text_embeddings.register_text_encoder("test_crc")
+    class CrcEncoder(text_embeddings.TextEncoder):  # deterministic, offline, no model to load
+        default_model = "crc"
+
+        def _encode_batch(self, texts):
+            return np.stack([np.random.default_rng(zlib.crc32(t.encode())).standard_normal(8) for t in texts])
+
+    spec = importlib.util.spec_from_file_location("build_text_embeddings", "tools/build_text_embeddings.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out, similarity = tmp_path / "emb.npy", tmp_path / "sim.npy"
+    assert tool.main(["--vocabulary", "circle,disc,square", "--encoder", "test_crc", "--no-cache",
+                      "--out", str(out), "--similarity", str(similarity)]) == 0
+    assert json.loads(similarity.with_suffix(".json").read_text())["symmetrize"] is True  # resolved, not None
+    classifier = TextEmbeddingClassifier(2, str(out))
+    derived = VocabularySimilarity(classifier)(classifier)
+    given = VocabularySimilarity(classifier, str(similarity))(classifier)
+    np.testing.assert_allclose(given.numpy(), derived.numpy(), atol=1e-6)
+    assert not np.allclose(derived.numpy(), VocabularySimilarity(classifier, symmetrize=False)(classifier).numpy())
+    with pytest.raises(ValueError, match="symmetrize: file True vs model False"):
+        VocabularySimilarity(classifier, str(similarity), symmetrize=False)
+    with pytest.raises(ValueError, match="topk"):
+        VocabularySimilarity(classifier, str(similarity), topk=1)

@@ -101,7 +101,7 @@ def test_forward_backward_of_the_tiny_cascade_detector(cascade_model):
 
 def test_dataset_local_ids_are_mapped_and_sources_reach_the_predictor(embeddings_file):
     torch.manual_seed(1)
-    cfg = tiny_config(embeddings_file, gt_classes_space="dataset", partitioned_negatives=True)
+    cfg = tiny_config(embeddings_file, gt_classes_space="dataset", hard_loss_negatives="partitioned")
     model = instantiate(cfg.model).train()
     seen = {}
     heads_forward = model.roi_heads.forward
@@ -220,18 +220,46 @@ def test_cluster_configs_have_the_papers_structure():
 
 @pytest.mark.slow
 def test_unseen_vocabulary_from_class_names_with_the_real_text_encoder(tmp_path):
-    from unidet2.data.text_embeddings import get_text_embeddings
+    """Test-time names are encoded by the real MiniLM encoder with the training embeddings' own prompt templates
+    (here the ensemble, read from their sidecar through the config's dataloader.vocabulary), and the detector's
+    class decisions follow those embeddings: reordering the names permutes the predicted classes."""
+    from unidet2.data.text_embeddings import get_text_embeddings, save_text_embeddings
+    from unidet2.engine.evaluation import vocabulary_options
 
-    names = ["ball", "pyramid", "toy car"]
     training_names = ["circle", "square", "triangle", "star", "ring", "cross", "hexagon"]
     path = tmp_path / "train.npy"
-    np.save(path, get_text_embeddings(training_names, encoder="minilm", cache_dir=str(tmp_path)))
+    embeddings, metadata = get_text_embeddings(training_names, encoder="minilm", prompts="ensemble",
+                                               cache_dir=str(tmp_path), return_metadata=True)
+    save_text_embeddings(path, embeddings, metadata)
+    cfg = tiny_config(str(path))
+    options = {**vocabulary_options(cfg), "cache_dir": str(tmp_path)}
+    assert options["encoder"] == "minilm" and len(options["prompts"]) == 10  # the ensemble, from the sidecar
+
+    names = ["ball", "pyramid", "toy car"]
+    ensemble = get_text_embeddings(names, encoder="minilm", prompts="ensemble", cache_dir=str(tmp_path))
+    single = get_text_embeddings(names, encoder="minilm", prompts=None, cache_dir=str(tmp_path))
+    assert np.all(np.sum(ensemble * single, axis=1) < 0.99)  # the prompt set matters for these names
     torch.manual_seed(3)
-    model = instantiate(tiny_config(str(path)).model).eval()
-    set_vocabulary(model, names, encoder="minilm", cache_dir=str(tmp_path))
+    model = instantiate(cfg.model).eval()
     for predictor in model.roi_heads.box_predictor:
-        assert predictor.cls_score.class_names == names
-        predictor.test_score_thresh = 0.0
-    with torch.no_grad():
-        classes = model([{"image": torch.rand(3, 128, 128) * 255}])[0]["instances"].pred_classes
-    assert len(classes) > 0 and int(classes.max()) < 3
+        predictor.test_score_thresh, predictor.test_topk_per_image = 0.0, 5000
+    image = {"image": torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(0)) * 255}
+    detections = {}
+    for order in (names, names[::-1]):
+        state = set_vocabulary(model, order, **options)
+        for predictor in model.roi_heads.box_predictor:
+            assert predictor.cls_score.class_names == order
+            expected = ensemble if order == names else ensemble[::-1]
+            np.testing.assert_allclose(predictor.cls_score.embeddings.numpy(), expected, atol=1e-6)
+        with torch.no_grad():
+            detections[tuple(order)] = model([image])[0]["instances"]
+        restore_vocabulary(model, state)
+    forward, backward = detections[tuple(names)], detections[tuple(names[::-1])]
+    assert len(forward) > 3 and set(forward.pred_classes.tolist()) == {0, 1, 2}
+    # the same boxes and scores, with class k of one order being class 2 - k of the other
+    key = lambda inst: sorted(
+        zip(inst.scores.tolist(), inst.pred_boxes.tensor.flatten().tolist()[::4], inst.pred_classes.tolist())
+    )
+    for (score_f, x_f, class_f), (score_b, x_b, class_b) in zip(key(forward), key(backward)):
+        assert score_f == pytest.approx(score_b, abs=1e-5) and x_f == pytest.approx(x_b, abs=1e-3)
+        assert class_f == 2 - class_b

@@ -44,6 +44,7 @@ __all__ = [
     "UnifiedLabelSpace",
     "label_similarity",
     "normalize_name",
+    "resolve_symmetrize",
 ]
 
 LABEL_SPACE_FORMAT_VERSION = 1
@@ -555,6 +556,13 @@ class UnifiedLabelSpace:
         return f"UnifiedLabelSpace(mode={self._mode!r}, num_classes={self.num_classes}, datasets=[{sizes}])"
 
 
+def resolve_symmetrize(normalization: str, symmetrize: bool | None) -> bool:
+    """Whether :func:`label_similarity` symmetrises Ŝ: ``symmetrize``, or when None the normalisation's default
+    (True for "minmax_row", False otherwise). The one place that decides it, for a model that derives Ŝ, the
+    ``--similarity`` file of tools/build_text_embeddings.py and the check between the two."""
+    return bool(symmetrize) if symmetrize is not None else normalization == "minmax_row"
+
+
 def label_similarity(
     embeddings: np.ndarray,
     normalization: str = "minmax_row",
@@ -631,9 +639,7 @@ def label_similarity(
         sim = np.clip(cosine, 0.0, 1.0)
         sim[eye] = 1.0
 
-    if symmetrize is None:
-        symmetrize = normalization == "minmax_row"
-    if symmetrize:
+    if resolve_symmetrize(normalization, symmetrize):
         sim = 0.5 * (sim + sim.T)
 
     if threshold is not None:

@@ -61,6 +61,8 @@ __all__ = [
     "compute_text_embeddings",
     "default_cache_dir",
     "embedding_metadata",
+    "vocabulary_encoding",
+    "vocabulary_encoding_option",
     "get_text_embeddings",
     "load_text_embeddings",
     "register_text_encoder",
@@ -599,6 +601,47 @@ def load_text_embeddings(
     if expected_names is not None and embeddings.shape[0] != len(expected_names):
         raise ValueError(f"{path}: {embeddings.shape[0]} rows for {len(expected_names)} expected class names")
     return _l2_normalize(embeddings, what=str(path)), metadata
+
+
+VOCABULARY_ENCODING_KEYS = ("encoder", "model", "pretrained", "prompts")
+
+
+def vocabulary_encoding(embeddings_file: str | os.PathLike) -> dict[str, Any]:
+    """How the vocabulary of ``embeddings_file`` was encoded, as keyword arguments of
+    :func:`get_text_embeddings` / ``set_vocabulary``: ``encoder``, ``model``, ``pretrained`` (None where they are
+    the encoder's defaults) and ``prompts`` (the templates, e.g. the whole ensemble).
+
+    A test-time vocabulary encoded with these options sits in the same text space as the training label space
+    (same encoder, same prompt templates); configs take ``dataloader.vocabulary`` from here, so the training
+    embeddings' sidecar is the one place that decides both. A file without a sidecar (e.g. a Detic dump) gives
+    the defaults (MiniLM, the single default prompt), with a warning.
+    """
+    path = Path(embeddings_file)
+    sidecar = _sidecar_path(path)
+    if not sidecar.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"Text-embedding file not found: {path}")
+        logger.warning("%s has no sidecar json: test-time vocabularies use the default encoder and prompt", path)
+        return {"encoder": "minilm", "model": None, "pretrained": None, "prompts": [DEFAULT_PROMPT]}
+    try:
+        metadata = json.loads(sidecar.read_text())
+        encoder, prompts = metadata["encoder"], list(metadata["prompts"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{sidecar}: cannot read the encoder and prompts of {path.name} ({exc!r})") from exc
+    defaults = _encoder_class(encoder).make_spec(None, None)
+    return {
+        "encoder": encoder,
+        "model": metadata.get("model") if metadata.get("model") != defaults["model"] else None,
+        "pretrained": metadata.get("pretrained") if metadata.get("pretrained") != defaults["pretrained"] else None,
+        "prompts": list(resolve_prompts(prompts)),
+    }
+
+
+def vocabulary_encoding_option(embeddings_file: str | os.PathLike, key: str) -> Any:
+    """One entry of :func:`vocabulary_encoding` (configs: ``dataloader.vocabulary`` is a dict of them)."""
+    if key not in VOCABULARY_ENCODING_KEYS:
+        raise KeyError(f"unknown vocabulary encoding key {key!r}; expected one of {VOCABULARY_ENCODING_KEYS}")
+    return vocabulary_encoding(embeddings_file)[key]
 
 
 def _cache_file_name(metadata: dict[str, Any]) -> str:

@@ -1,12 +1,14 @@
 """ScaleDet's label-assignment losses (hard label assignment, Eq. 6; soft label assignment, Eq. 7) and the
 per-dataset column helpers of a unified label space. Pure tensor functions, testable on toy inputs. Shared by
-ScaleDet's box predictor and Co-DETR's text-classifier query head (moved here from ``projects/ScaleDet``, which
-re-exports them under their original names). The label-similarity matrix Ŝ itself (ScaleDet Sec. 3.2) is
-computed by :func:`unidet2.data.label_space.label_similarity`.
+ScaleDet's box predictor and Co-DETR's text-classifier query head. The label-similarity matrix Ŝ itself
+(ScaleDet Sec. 3.2) is computed by :func:`unidet2.data.label_space.label_similarity`.
+
+Two layers: pure tensor functions (:func:`hard_label_loss`, :func:`soft_label_loss`, testable on toy inputs) and
+the configured loss modules a predictor takes from its config (:class:`HardLabelLoss`, :class:`SoftLabelLoss`).
 
 Conventions (detectron2's): ``gt_classes`` holds, per proposal, a class index in [0, C) for foreground, C for
 background and a negative value for "ignore". Every reading the paper leaves open is a keyword switch; the
-defaults are the recommended readings of ``/work/shared/methods/scaledet.md`` §9 (see the ScaleDet README).
+defaults and the evidence behind them are in ``projects/ScaleDet/README.md`` ("Method notes").
 """
 
 from __future__ import annotations
@@ -16,18 +18,28 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 __all__ = [
+    "HARD_LOSS_NEGATIVES",
     "HARD_LOSS_NORMALIZATIONS",
+    "SOFT_LOSS_INPUTS",
     "SOFT_LOSS_NORMALIZATIONS",
+    "HardLabelLoss",
+    "SoftLabelLoss",
     "concat_dataset_columns",
     "dataset_class_mask",
     "dataset_columns_from_label_space",
     "hard_label_loss",
+    "near_duplicate_mask",
     "soft_label_loss",
 ]
 
 HARD_LOSS_NORMALIZATIONS = ("mean_classes", "sum_classes")
+# Which BCE negatives Eq. 6 counts: every column ("all", the paper), only the proposal's own dataset's columns
+# ("partitioned", UniDet-style), or every column except near-duplicates of the GT label ("skip_duplicates").
+HARD_LOSS_NEGATIVES = ("all", "partitioned", "skip_duplicates")
+SOFT_LOSS_INPUTS = ("cosine", "sigmoid")
 SOFT_LOSS_NORMALIZATIONS = ("num_fg", "num_proposals")
 
 
@@ -78,6 +90,35 @@ def dataset_class_mask(dataset_columns: Sequence[Sequence[int]], num_classes: in
             )
         mask[dataset_index, columns] = True
     return mask
+
+
+def near_duplicate_mask(embeddings: torch.Tensor, gt_classes: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(N, C) bool mask of the BCE columns counted when near-duplicates of the GT label are skipped.
+
+    In a concatenated label space, COCO "person" and Objects365 "person" are two columns with (nearly) the same
+    text embedding, hence (nearly) the same logit: a plain BCE pushes one to 1 and the other to 0 for every
+    person box, and both settle near 0.5. Here a foreground row drops every column j != g_i whose embedding has
+    cosine > ``threshold`` with the GT label's, cos(t_{g_i}, t_j) = t_{g_i} . t_j; the GT column and all the
+    other labels stay negatives as usual. Background (and ignored) rows count every column.
+
+    Args:
+        embeddings: (C, D) L2-normalised text embeddings of the current vocabulary.
+        gt_classes: (N,) int64 in [0, C]; C = background; negative = ignored.
+        threshold: cosine above which a column counts as a duplicate of the GT label, in (-1, 1].
+
+    Returns:
+        (N, C) bool, True = counted.
+    """
+    num_classes = embeddings.shape[0]
+    counted = torch.ones((gt_classes.shape[0], num_classes), dtype=torch.bool, device=embeddings.device)
+    fg = (gt_classes >= 0) & (gt_classes < num_classes)
+    if bool(fg.any()):
+        gt = gt_classes[fg]
+        cosine = embeddings[gt].float() @ embeddings.float().t()  # (F, C)
+        duplicate = cosine > threshold
+        duplicate[torch.arange(len(gt), device=gt.device), gt] = False  # the GT column itself stays the positive
+        counted[fg] = ~duplicate
+    return counted
 
 
 def _check_gt_classes(gt_classes: torch.Tensor, num_classes: int) -> None:
@@ -149,7 +190,7 @@ def soft_label_loss(
     gt_classes: torch.Tensor,
     similarity: torch.Tensor,
     *,
-    exclude_gt: bool = True,
+    exclude_gt: bool = False,
     normalization: str = "num_fg",
 ) -> torch.Tensor:
     """Soft label assignment, Eq. (7): squared error between a foreground proposal's similarities to all
@@ -196,3 +237,111 @@ def soft_label_loss(
     if normalization == "num_fg":
         return per_proposal.mean()
     return per_proposal.sum() / int((gt_classes >= 0).sum())
+
+
+class HardLabelLoss(nn.Module):
+    """Eq. (6) as configured: which negatives count and how a proposal's sum over classes is normalised.
+
+    Args:
+        normalization: one of :data:`HARD_LOSS_NORMALIZATIONS` (see :func:`hard_label_loss`).
+        negatives: one of :data:`HARD_LOSS_NEGATIVES`: "all" (every column of the unified space), "partitioned"
+            (the proposal's source dataset's columns; needs ``dataset_mask`` in :meth:`forward`) or
+            "skip_duplicates" (every column but the near-duplicates of the GT label, :func:`near_duplicate_mask`).
+        duplicate_threshold: cosine above which a label is a near-duplicate of the GT ("skip_duplicates" only).
+    """
+
+    def __init__(self, normalization: str = "sum_classes", negatives: str = "all", duplicate_threshold: float = 0.95):
+        super().__init__()
+        if normalization not in HARD_LOSS_NORMALIZATIONS:
+            raise ValueError(f"hard-loss normalization must be in {HARD_LOSS_NORMALIZATIONS}, got {normalization!r}")
+        if negatives not in HARD_LOSS_NEGATIVES:
+            raise ValueError(f"hard-loss negatives must be one of {HARD_LOSS_NEGATIVES}, got {negatives!r}")
+        if not -1.0 < duplicate_threshold <= 1.0:
+            raise ValueError(f"duplicate_threshold is a cosine in (-1, 1], got {duplicate_threshold}")
+        self.normalization = normalization
+        self.negatives = negatives
+        self.duplicate_threshold = float(duplicate_threshold)
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        gt_classes: torch.Tensor,
+        *,
+        embeddings: torch.Tensor | None = None,
+        dataset_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            logits: (N, C) class logits.
+            gt_classes: (N,) int64 in [0, C]; C = background; negative = ignored.
+            embeddings: (C, D) unit text embeddings of the vocabulary ("skip_duplicates").
+            dataset_mask: (N, C) bool, the columns of each proposal's source dataset ("partitioned").
+
+        Returns:
+            scalar tensor.
+        """
+        class_mask = None
+        if self.negatives == "partitioned":
+            if dataset_mask is None:
+                raise ValueError("negatives='partitioned' needs each proposal's dataset columns (dataset_mask)")
+            class_mask = dataset_mask
+        elif self.negatives == "skip_duplicates":
+            if embeddings is None:
+                raise ValueError("negatives='skip_duplicates' needs the vocabulary's text embeddings")
+            if embeddings.shape[0] != logits.shape[1]:
+                raise ValueError(f"{embeddings.shape[0]} embeddings for {logits.shape[1]} logit columns")
+            _check_gt_classes(gt_classes, logits.shape[1])
+            class_mask = near_duplicate_mask(embeddings, gt_classes, self.duplicate_threshold)
+        return hard_label_loss(logits, gt_classes, class_mask=class_mask, normalization=self.normalization)
+
+    def extra_repr(self) -> str:
+        threshold = f", duplicate_threshold={self.duplicate_threshold}" if self.negatives == "skip_duplicates" else ""
+        return f"normalization={self.normalization!r}, negatives={self.negatives!r}{threshold}"
+
+
+class SoftLabelLoss(nn.Module):
+    """Eq. (7) as configured, times its weight λ.
+
+    Args:
+        weight: λ (>= 0; 0 disables the loss, as leaving it out of the config does).
+        input: one of :data:`SOFT_LOSS_INPUTS`: "cosine" compares the raw cosines c_ij with Ŝ, "sigmoid" the
+            probabilities σ(z_ij).
+        exclude_gt: leave the GT entry out of the row (False = the whole row s_i, as Eq. 7 writes it).
+        normalization: one of :data:`SOFT_LOSS_NORMALIZATIONS` (see :func:`soft_label_loss`).
+    """
+
+    def __init__(
+        self, weight: float = 1.0, input: str = "cosine", exclude_gt: bool = False, normalization: str = "num_fg"
+    ):
+        super().__init__()
+        if weight < 0:
+            raise ValueError(f"soft-loss weight must be >= 0, got {weight}")
+        if input not in SOFT_LOSS_INPUTS:
+            raise ValueError(f"soft-loss input must be one of {SOFT_LOSS_INPUTS}, got {input!r}")
+        if normalization not in SOFT_LOSS_NORMALIZATIONS:
+            raise ValueError(f"soft-loss normalization must be in {SOFT_LOSS_NORMALIZATIONS}, got {normalization!r}")
+        self.weight = float(weight)
+        self.input = input
+        self.exclude_gt = bool(exclude_gt)
+        self.normalization = normalization
+
+    def forward(
+        self, cosine: torch.Tensor, logits: torch.Tensor, gt_classes: torch.Tensor, similarity: torch.Tensor
+    ) -> torch.Tensor:
+        """
+        Args:
+            cosine: (N, C) c_ij; logits: (N, C) z_ij; gt_classes: (N,); similarity: (C, C) Ŝ.
+
+        Returns:
+            scalar tensor λ · L_sl.
+        """
+        predictions = cosine if self.input == "cosine" else logits.sigmoid()
+        return self.weight * soft_label_loss(
+            predictions, gt_classes, similarity, exclude_gt=self.exclude_gt, normalization=self.normalization
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"weight={self.weight}, input={self.input!r}, exclude_gt={self.exclude_gt}, "
+            f"normalization={self.normalization!r}"
+        )

@@ -11,8 +11,8 @@ from detectron2.solver import WarmupParamScheduler
 from detectron2.solver.build import get_default_optimizer_params
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
-from projects.ScaleDet.scaledet import dataset_columns_from_label_space
 from unidet2.data.label_space import UnifiedLabelSpace
+from unidet2.modeling.label_assignment_losses import dataset_columns_from_label_space
 
 from .common.data_4ds import UPSTREAM_TRAIN, dataloader, label_space
 from .common.scaledet_model import model, scaledet

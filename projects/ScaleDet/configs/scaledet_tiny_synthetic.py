@@ -27,11 +27,13 @@ from detectron2.solver.build import get_default_optimizer_params
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import OmegaConf
 
-from projects.ScaleDet.scaledet import dataset_columns_from_label_space, make_small_resnet_stages
 from unidet2.data.build import build_multi_dataset_train_loader
 from unidet2.data.label_space import UnifiedLabelSpace
 from unidet2.data.mapper import MultiDatasetMapper, build_resize_augmentation
 from unidet2.data.synthetic import register_synthetic
+from unidet2.data.text_embeddings import VOCABULARY_ENCODING_KEYS, vocabulary_encoding_option
+from unidet2.modeling.backbone import small_resnet_stages
+from unidet2.modeling.label_assignment_losses import dataset_columns_from_label_space
 
 from .common.scaledet_model import cascade_roi_heads, model, scaledet
 
@@ -48,7 +50,7 @@ scaledet.test_score_thresh = 0.05
 
 model.backbone.bottom_up = L(ResNet)(
     stem=L(BasicStem)(in_channels=3, out_channels=16, norm="BN"),
-    stages=L(make_small_resnet_stages)(stem_channels=16, widths=(16, 32, 64, 128), blocks_per_stage=(1, 1, 1, 1)),
+    stages=L(small_resnet_stages)(stem_channels=16, widths=(16, 32, 64, 128), blocks_per_stage=(1, 1, 1, 1)),
     out_features=["res2", "res3", "res4", "res5"],
     freeze_at=0,
 )
@@ -87,8 +89,12 @@ dataloader.test_loader = L(build_detection_test_loader)(
     num_workers=0,
 )
 dataloader.test = [name.replace("_train", "_val") for name in TRAIN_DATASETS] + ["odinw_toys_val", "odinw_space_val"]
-# how each test dataset's vocabulary is encoded: the same encoder as scaledet.embeddings_file
-dataloader.vocabulary = {"encoder": "minilm"}
+# Each test dataset's vocabulary is encoded as scaledet.embeddings_file was (encoder and prompt templates, read
+# from its sidecar json), so training and test-time vocabularies share one text space by construction.
+dataloader.vocabulary = {
+    key: L(vocabulary_encoding_option)(embeddings_file="${scaledet.embeddings_file}", key=key)
+    for key in VOCABULARY_ENCODING_KEYS
+}
 dataset_registration = {"synthetic": L(register_synthetic)(manifest_path_or_dir="datasets/synthetic")}
 
 # ---------------------------------------------------------------------------------------------- schedule

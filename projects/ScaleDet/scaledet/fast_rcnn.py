@@ -12,22 +12,13 @@ from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, _log_classification_stats
 from detectron2.structures import Instances
 
+from unidet2.modeling.label_assignment_losses import HardLabelLoss, SoftLabelLoss, dataset_class_mask
 from unidet2.modeling.similarity import VocabularySimilarity
-from unidet2.modeling.text_classifier import EmbeddingsLike, TextEmbeddingClassifier
-
-from .losses import (
-    HARD_LOSS_NORMALIZATIONS,
-    SOFT_LOSS_NORMALIZATIONS,
-    dataset_class_mask,
-    hard_label_loss,
-    soft_label_loss,
-)
+from unidet2.modeling.text_classifier import TextEmbeddingClassifier
 
 __all__ = ["ScaleDetOutputLayers"]
 
 logger = logging.getLogger(__name__)
-
-_SOFT_LOSS_INPUTS = ("cosine", "sigmoid")
 
 
 class ScaleDetOutputLayers(FastRCNNOutputLayers):
@@ -37,7 +28,7 @@ class ScaleDetOutputLayers(FastRCNNOutputLayers):
     (Eq. 7) compares them with the label similarities; logits are ``classifier.cosine_to_logits(cosine)``.
 
     Losses (keys): ``loss_cls`` = hard-label sigmoid BCE (Eq. 6), ``loss_soft`` = λ · soft-label MSE (Eq. 7,
-    absent when λ = 0), ``loss_box_reg`` = detectron2's box regression loss.
+    absent without a soft loss or with λ = 0), ``loss_box_reg`` = detectron2's box regression loss.
     Inference scores are σ(z) over the current vocabulary, followed by class-wise NMS.
     """
 
@@ -48,119 +39,49 @@ class ScaleDetOutputLayers(FastRCNNOutputLayers):
         *,
         box2box_transform,
         classifier: TextEmbeddingClassifier,
-        num_classes: int | None = None,
-        similarity: EmbeddingsLike | None = None,
-        similarity_normalization: str = "minmax_row",
-        similarity_symmetrize: bool = False,
-        similarity_temperature: float = 0.05,
-        similarity_topk: int | None = None,
-        similarity_threshold: float | None = None,
-        soft_loss_weight: float = 1.0,
-        soft_loss_input: str = "cosine",
-        soft_loss_exclude_gt: bool = True,
-        soft_loss_norm: str = "num_fg",
-        hard_loss_norm: str = "mean_classes",
-        partitioned_negatives: bool = False,
+        hard_loss: HardLabelLoss,
+        soft_loss: SoftLabelLoss | None = None,
+        label_similarity: VocabularySimilarity | None = None,
         dataset_columns: Sequence[Sequence[int]] | None = None,
-        cls_agnostic_bbox_reg: bool = True,
-        test_score_thresh: float = 0.02,
-        test_nms_thresh: float = 0.5,
-        test_topk_per_image: int = 100,
-        smooth_l1_beta: float = 0.0,
-        box_reg_loss_type: str = "smooth_l1",
-        loss_weight: float | dict[str, float] = 1.0,
+        num_classes: int | None = None,
+        **fast_rcnn_options,
     ):
         """
         Args:
             input_shape: shape of the box-head output (flattened to D_in = classifier.input_dim).
             box2box_transform: detectron2 ``Box2BoxTransform``.
             classifier: text classifier over the unified training label space (C classes, background="none").
+            hard_loss: Eq. (6) with its normalisation and negatives.
+            soft_loss: Eq. (7) with its weight λ, input and GT handling; None = no soft loss.
+            label_similarity: Ŝ of the vocabulary (derived from the embeddings, or a given matrix); default a
+                derived, row-min-max Ŝ. Used only by the soft loss.
+            dataset_columns: per training dataset, its column indices in the unified label space (needed by
+                ``hard_loss.negatives="partitioned"``).
             num_classes: optional; must equal ``classifier.num_classes`` when given.
-            similarity: the normalised (C, C) label-similarity matrix Ŝ (array, tensor or ``.npy`` path, e.g.
-                written from ``UnifiedLabelSpace.similarity``), used as is; None = computed here from the
-                classifier's embeddings with :func:`unidet2.data.label_space.label_similarity` and the
-                ``similarity_*`` options below (ignored when ``similarity`` is given).
-            similarity_normalization: "minmax_row" (default: per-row min-max to [0, 1]), "minmax_global",
-                "softmax_row" or "none" (raw cosine clamped to [0, 1]).
-            similarity_symmetrize: average Ŝ with its transpose (default False: the rows are exactly the
-                per-row normalisation of the spec's reading).
-            similarity_temperature: temperature of "softmax_row".
-            similarity_topk: keep, per row, the label itself and its k most similar labels (None = all).
-            similarity_threshold: zero off-diagonal entries of Ŝ below it (None = keep all).
-            soft_loss_weight: λ of Eq. (7); 0 disables the soft loss.
-            soft_loss_input: "cosine" (raw c_ij vs Ŝ, default) or "sigmoid" (σ(z_ij) vs Ŝ).
-            soft_loss_exclude_gt: leave the GT label's own entry out of Eq. (7).
-            soft_loss_norm: "num_fg" or "num_proposals" (see :func:`soft_label_loss`).
-            hard_loss_norm: "mean_classes" or "sum_classes" (see :func:`hard_label_loss`).
-            partitioned_negatives: restrict Eq. (6) to the columns of each proposal's source dataset
-                (UniDet-style ablation); needs ``dataset_columns`` and a ``dataset_source`` proposal field.
-            dataset_columns: per training dataset, its column indices in the unified label space.
-            cls_agnostic_bbox_reg, test_*, smooth_l1_beta, box_reg_loss_type, loss_weight: as in
-                :class:`FastRCNNOutputLayers` (``loss_weight`` may also hold "loss_soft").
+            fast_rcnn_options: ``cls_agnostic_bbox_reg`` (default True), ``test_score_thresh``,
+                ``test_nms_thresh``, ``test_topk_per_image``, ``smooth_l1_beta``, ``box_reg_loss_type``,
+                ``loss_weight`` of :class:`FastRCNNOutputLayers` (``loss_weight`` may also hold "loss_soft").
         """
-        if not isinstance(classifier, TextEmbeddingClassifier):
-            raise TypeError(f"classifier must be a TextEmbeddingClassifier, got {type(classifier)}")
-        if classifier.has_background:
-            raise ValueError(
-                "ScaleDet scores labels with independent sigmoids: use a classifier with background='none'"
-            )
+        if not isinstance(classifier, TextEmbeddingClassifier) or classifier.has_background:
+            raise TypeError(f"classifier must be a TextEmbeddingClassifier with background='none', got {classifier}")
         if num_classes is not None and num_classes != classifier.num_classes:
-            raise ValueError(
-                f"num_classes={num_classes} but the classifier's vocabulary has {classifier.num_classes} classes"
-            )
-        if hard_loss_norm not in HARD_LOSS_NORMALIZATIONS:
-            raise ValueError(f"hard_loss_norm must be one of {HARD_LOSS_NORMALIZATIONS}, got {hard_loss_norm!r}")
-        if soft_loss_norm not in SOFT_LOSS_NORMALIZATIONS:
-            raise ValueError(f"soft_loss_norm must be one of {SOFT_LOSS_NORMALIZATIONS}, got {soft_loss_norm!r}")
-        if soft_loss_input not in _SOFT_LOSS_INPUTS:
-            raise ValueError(f"soft_loss_input must be one of {_SOFT_LOSS_INPUTS}, got {soft_loss_input!r}")
-        if soft_loss_weight < 0:
-            raise ValueError(f"soft_loss_weight must be >= 0, got {soft_loss_weight}")
-        if partitioned_negatives and dataset_columns is None:
-            raise ValueError("partitioned_negatives=True needs dataset_columns")
-        num_classes = classifier.num_classes
-        super().__init__(
-            input_shape,
-            box2box_transform=box2box_transform,
-            num_classes=num_classes,
-            test_score_thresh=test_score_thresh,
-            test_nms_thresh=test_nms_thresh,
-            test_topk_per_image=test_topk_per_image,
-            cls_agnostic_bbox_reg=cls_agnostic_bbox_reg,
-            smooth_l1_beta=smooth_l1_beta,
-            box_reg_loss_type=box_reg_loss_type,
-            loss_weight=loss_weight,
-        )
+            raise ValueError(f"num_classes={num_classes} but the classifier's vocabulary has {classifier.num_classes}")
+        if hard_loss.negatives == "partitioned" and dataset_columns is None:
+            raise ValueError("hard_loss negatives='partitioned' needs dataset_columns")
+        fast_rcnn_options.setdefault("cls_agnostic_bbox_reg", True)
+        super().__init__(input_shape, box2box_transform=box2box_transform, num_classes=classifier.num_classes,
+                         **fast_rcnn_options)
         input_size = input_shape.channels * (input_shape.width or 1) * (input_shape.height or 1)
         if classifier.input_dim != input_size:
             raise ValueError(f"classifier.input_dim={classifier.input_dim} but the box head outputs {input_size}")
-        # Replace the parent's (C + 1)-way linear layer: classification is by text embeddings only.
-        self.cls_score = classifier
-
+        self.cls_score = classifier  # replaces the parent's (C + 1)-way linear layer
+        self.hard_loss = hard_loss
+        self.soft_loss = soft_loss if soft_loss is not None and soft_loss.weight > 0 else None
         # Ŝ of the current vocabulary; derived from the embeddings, it follows a vocabulary change (fine-tuning
         # on a new label space), a given matrix does not (see VocabularySimilarity).
-        self.label_similarity = VocabularySimilarity(
-            classifier,
-            similarity,
-            normalization=similarity_normalization,
-            temperature=similarity_temperature,
-            symmetrize=similarity_symmetrize,
-            topk=similarity_topk,
-            threshold=similarity_threshold,
-        )
-        if dataset_columns is not None:
-            self.register_buffer(
-                "dataset_class_mask", dataset_class_mask(dataset_columns, num_classes), persistent=False
-            )
-        else:
-            self.dataset_class_mask = None
-
-        self.soft_loss_weight = float(soft_loss_weight)
-        self.soft_loss_input = soft_loss_input
-        self.soft_loss_exclude_gt = bool(soft_loss_exclude_gt)
-        self.soft_loss_norm = soft_loss_norm
-        self.hard_loss_norm = hard_loss_norm
-        self.partitioned_negatives = bool(partitioned_negatives)
+        self.label_similarity = label_similarity if label_similarity is not None else VocabularySimilarity()
+        mask = dataset_class_mask(dataset_columns, classifier.num_classes) if dataset_columns is not None else None
+        self.register_buffer("dataset_class_mask", mask, persistent=False)
 
     @property
     def similarity(self) -> torch.Tensor:
@@ -180,12 +101,13 @@ class ScaleDetOutputLayers(FastRCNNOutputLayers):
             x = torch.flatten(x, start_dim=1)
         return self.cls_score.forward_cosine(x), self.bbox_pred(x)
 
-    def _class_mask(self, proposals: list[Instances], num_rows: int) -> torch.Tensor | None:
-        if not self.partitioned_negatives:
+    def _dataset_mask(self, proposals: list[Instances], num_rows: int) -> torch.Tensor | None:
+        """(R, C) bool: the columns of each proposal's source dataset (partitioned negatives only)."""
+        if self.hard_loss.negatives != "partitioned":
             return None
         if not all(p.has("dataset_source") for p in proposals):
             raise ValueError(
-                "partitioned_negatives=True but proposals carry no 'dataset_source': the inputs need a "
+                "partitioned negatives but proposals carry no 'dataset_source': the inputs need a "
                 "'dataset_source' entry and the model must be ScaleDetRCNN with ScaleDet ROI heads"
             )
         if self.dataset_class_mask.shape[1] != self.num_classes:
@@ -235,23 +157,16 @@ class ScaleDetOutputLayers(FastRCNNOutputLayers):
             proposal_boxes = gt_boxes = torch.empty((0, 4), device=proposal_deltas.device)
 
         losses = {
-            "loss_cls": hard_label_loss(
+            "loss_cls": self.hard_loss(
                 logits,
                 gt_classes,
-                class_mask=self._class_mask(proposals, logits.shape[0]),
-                normalization=self.hard_loss_norm,
+                embeddings=self.cls_score.embeddings,
+                dataset_mask=self._dataset_mask(proposals, logits.shape[0]),
             ),
             "loss_box_reg": self.box_reg_loss(proposal_boxes, gt_boxes, proposal_deltas, gt_classes),
         }
-        if self.soft_loss_weight > 0:
-            soft_inputs = cosine if self.soft_loss_input == "cosine" else logits.sigmoid()
-            losses["loss_soft"] = self.soft_loss_weight * soft_label_loss(
-                soft_inputs,
-                gt_classes,
-                self.similarity,
-                exclude_gt=self.soft_loss_exclude_gt,
-                normalization=self.soft_loss_norm,
-            )
+        if self.soft_loss is not None:
+            losses["loss_soft"] = self.soft_loss(cosine, logits, gt_classes, self.similarity)
         return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
 
     def predict_probs(self, predictions, proposals: list[Instances]) -> list[torch.Tensor]:

@@ -3,7 +3,8 @@
 dataset ratios [I], repeat-factor sampling (t = 0.001) inside LVIS, LSJ augmentation, one dataset per per-GPU
 batch (unidet2.data.build).
 
-Build the label space and its embeddings once (CLIP ViT-B/32 text tower, "a photo of a {}." [I]):
+Build the label space and its embeddings once (CLIP ViT-B/32 text tower, "a photo of a {}." [R]; add
+--prompt-ensemble for the 10-template ensemble, which the test vocabularies then follow):
 
     python tools/build_text_embeddings.py \
         --datasets lvis_v1_train coco_2017_train objects365_v2_train openimages_challenge2019_train \
@@ -23,6 +24,7 @@ from omegaconf import OmegaConf
 from unidet2.data.build import build_multi_dataset_train_loader
 from unidet2.data.label_space import UnifiedLabelSpace
 from unidet2.data.mapper import MultiDatasetMapper, build_lsj_augmentation
+from unidet2.data.text_embeddings import VOCABULARY_ENCODING_KEYS, vocabulary_encoding_option
 
 UPSTREAM_TRAIN = ["lvis_v1_train", "coco_2017_train", "objects365_v2_train", "openimages_challenge2019_train"]
 UPSTREAM_TEST = ["lvis_v1_val", "coco_2017_val", "objects365_v2_val", "openimages_challenge2019_val"]
@@ -60,7 +62,9 @@ dataloader.test_loader = L(build_detection_test_loader)(
     num_workers=4,
 )
 dataloader.test = [name for name in UPSTREAM_TEST if not name.startswith("openimages")]
-# test vocabularies are encoded with the encoder of the training embeddings
+# Test vocabularies are encoded as the training embeddings were (encoder, weights, prompt templates), read from
+# their sidecar json: building them with --prompt-ensemble makes every test vocabulary an ensemble too.
 dataloader.vocabulary = {
-    "encoder": "openclip", "model": "ViT-B-32", "pretrained": "openai", "prompts": "a photo of a {}."
+    key: L(vocabulary_encoding_option)(embeddings_file="${label_space.embeddings_file}", key=key)
+    for key in VOCABULARY_ENCODING_KEYS
 }

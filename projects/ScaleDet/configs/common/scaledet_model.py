@@ -2,7 +2,8 @@
 frozen text embeddings of the unified label space. Every ScaleDet hyper-parameter lives in the top-level
 ``scaledet`` node (one override changes all cascade stages), e.g. ``scaledet.soft_loss_weight=0.5``.
 
-Values marked [I] are our defaults for constants the paper does not give (see projects/ScaleDet/README.md).
+Tags as in projects/ScaleDet/README.md: [R] the paper's reading, [I] our default where the paper gives no value,
+[M] chosen by a measurement reported there.
 """
 
 from detectron2.config import LazyCall as L
@@ -22,15 +23,18 @@ from projects.ScaleDet.scaledet import (
     ScaleDetRCNN,
     ScaleDetStandardROIHeads,
 )
-from unidet2.modeling import TextEmbeddingClassifier
+from unidet2.modeling import TextEmbeddingClassifier, VocabularySimilarity
+from unidet2.modeling.label_assignment_losses import HardLabelLoss, SoftLabelLoss
 
 scaledet = {
     # (C, D) float32 text embeddings of the unified label space, row = unified id (tools/build_text_embeddings.py).
+    # Its sidecar json records the prompt templates, which the test-time vocabularies reuse (dataloader.vocabulary).
     "embeddings_file": "???",
-    # Normalised (C, C) similarity Ŝ (.npy); None = computed from embeddings_file with the similarity_* options.
+    # Normalised (C, C) similarity Ŝ (.npy); None = derived from the embeddings with the similarity_* options
+    # (a file written by tools/build_text_embeddings.py --similarity must record the same options).
     "similarity_file": None,
-    # Per training dataset (dataset_source order), its unified column ids; needed by partitioned_negatives and
-    # by gt_classes_space="dataset". None when neither is used.
+    # Per training dataset (dataset_source order), its unified column ids; needed by hard_loss_negatives=
+    # "partitioned" and by gt_classes_space="dataset". None when neither is used.
     "dataset_columns": None,
     # "unified": the mapper already maps gt_classes to unified ids (unidet2 MultiDatasetMapper with a label_map);
     # "dataset": gt_classes are dataset-local (detectron2 DatasetMapper) and mapped with dataset_columns.
@@ -38,14 +42,17 @@ scaledet = {
     "temperature": 0.02,  # tau [I]: Detic's scale 50
     "use_bias": False,  # the paper's logits have no bias [R]
     "bias_prior_prob": 0.01,
-    "hard_loss_norm": "mean_classes",  # Eq. 6: 1/|L| sum_j, mean over proposals [I, spec §9.4]
-    "soft_loss_weight": 1.0,  # lambda [I]
-    "soft_loss_input": "cosine",  # Eq. 7 compares raw cosines with Ŝ [I, spec §9.2]
-    "soft_loss_exclude_gt": True,  # [I, spec §9.3]
+    # Eq. 6. Defaults chosen by the ablation in the README ("Choices settled by evidence").
+    "hard_loss_norm": "sum_classes",  # per-class sum (Detic) [M]; "mean_classes" = the paper's 1/|L| [R]
+    "hard_loss_negatives": "all",  # "all" [R] | "partitioned" (UniDet) | "skip_duplicates" (near-duplicate GT names)
+    "duplicate_threshold": 0.95,  # cosine above which a label is a near-duplicate of the GT ("skip_duplicates")
+    # Eq. 7
+    "soft_loss_weight": 1.0,  # lambda [I]; 0 disables the soft loss
+    "soft_loss_input": "cosine",  # Eq. 7 compares raw cosines with Ŝ [R]
+    "soft_loss_exclude_gt": False,  # the whole row s_i, as Eq. 7 is written [R]
     "soft_loss_norm": "num_fg",  # mean over foreground proposals [I]
-    "partitioned_negatives": False,  # ablation: BCE negatives only in the source dataset's columns
-    "similarity_normalization": "minmax_row",  # [I, spec §3 (a)]
-    "similarity_symmetrize": False,
+    "similarity_normalization": "minmax_row",  # [I]
+    "similarity_symmetrize": None,  # None = label_similarity's rule (symmetrised for minmax_row), as the tool
     "similarity_temperature": 0.05,
     "similarity_topk": None,
     "similarity_threshold": None,
@@ -57,7 +64,8 @@ scaledet = {
 
 
 def scaledet_predictor(bbox_reg_weights):
-    """LazyCall of one ScaleDet box predictor; all hyper-parameters come from the ``scaledet`` node."""
+    """LazyCall of one ScaleDet box predictor; its parts (classifier, losses, Ŝ) and every hyper-parameter come
+    from the ``scaledet`` node."""
     return L(ScaleDetOutputLayers)(
         input_shape=L(ShapeSpec)(channels="${scaledet.box_head_dim}"),
         box2box_transform=L(Box2BoxTransform)(weights=bbox_reg_weights),
@@ -69,18 +77,25 @@ def scaledet_predictor(bbox_reg_weights):
             bias_prior_prob="${scaledet.bias_prior_prob}",
             background="none",
         ),
-        similarity="${scaledet.similarity_file}",
-        similarity_normalization="${scaledet.similarity_normalization}",
-        similarity_symmetrize="${scaledet.similarity_symmetrize}",
-        similarity_temperature="${scaledet.similarity_temperature}",
-        similarity_topk="${scaledet.similarity_topk}",
-        similarity_threshold="${scaledet.similarity_threshold}",
-        soft_loss_weight="${scaledet.soft_loss_weight}",
-        soft_loss_input="${scaledet.soft_loss_input}",
-        soft_loss_exclude_gt="${scaledet.soft_loss_exclude_gt}",
-        soft_loss_norm="${scaledet.soft_loss_norm}",
-        hard_loss_norm="${scaledet.hard_loss_norm}",
-        partitioned_negatives="${scaledet.partitioned_negatives}",
+        hard_loss=L(HardLabelLoss)(
+            normalization="${scaledet.hard_loss_norm}",
+            negatives="${scaledet.hard_loss_negatives}",
+            duplicate_threshold="${scaledet.duplicate_threshold}",
+        ),
+        soft_loss=L(SoftLabelLoss)(
+            weight="${scaledet.soft_loss_weight}",
+            input="${scaledet.soft_loss_input}",
+            exclude_gt="${scaledet.soft_loss_exclude_gt}",
+            normalization="${scaledet.soft_loss_norm}",
+        ),
+        label_similarity=L(VocabularySimilarity)(
+            similarity="${scaledet.similarity_file}",
+            normalization="${scaledet.similarity_normalization}",
+            symmetrize="${scaledet.similarity_symmetrize}",
+            temperature="${scaledet.similarity_temperature}",
+            topk="${scaledet.similarity_topk}",
+            threshold="${scaledet.similarity_threshold}",
+        ),
         dataset_columns="${scaledet.dataset_columns}",
         cls_agnostic_bbox_reg=True,
         test_score_thresh="${scaledet.test_score_thresh}",
