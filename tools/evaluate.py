@@ -39,12 +39,12 @@ from detectron2.utils.logger import setup_logger
 
 from unidet2.data.datasets.odinw import ODINW13, ODINW13_EVAL_DATASETS, ODINW_FEWSHOT_SEEDS
 from unidet2.engine import load_config
-from unidet2.engine.evaluation import list_test_sets
 from unidet2.engine.finetune import DatasetFinetuner, FinetuneSchedule
 from unidet2.engine.run import launch_from_args, register_config_datasets, resolve_device
 from unidet2.evaluation import ResultTable, evaluate_dataset
 from unidet2.evaluation.ap import BACKENDS
 from unidet2.evaluation.build import build_evaluator
+from unidet2.evaluation.contract import list_test_sets
 from unidet2.evaluation.odinw import (
     evaluate_odinw,
     parse_finetune_settings,

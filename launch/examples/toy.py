@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from unidet2.data.build import MultiDatasetTrainLoader
 from unidet2.data.sampler import MultiDatasetSampler
-from unidet2.engine.evaluation import register_evaluator_type
+from unidet2.evaluation import register_evaluator_type
 
 __all__ = [
     "TOY_EVAL_DATASETS",
@@ -204,7 +204,7 @@ def _register_eval_datasets() -> None:
         MetadataCatalog.get(name).set(evaluator_type="toy_regression", task="regression")
 
 
-register_evaluator_type("toy_regression", lambda dataset_name, output_dir: ToyEvaluator(dataset_name))
+register_evaluator_type("toy_regression", lambda dataset_name, **options: ToyEvaluator(dataset_name))
 _register_eval_datasets()
 
 

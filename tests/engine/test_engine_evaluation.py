@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 from launch.examples.toy import TOY_EVAL_DATASETS, ToyEvaluator, ToyMapper, ToyRegressor
 from unidet2.data.text_embeddings import TextEncoder
 from unidet2.engine.config import load_config
-from unidet2.engine.evaluation import do_test, list_test_sets
+from unidet2.engine.evaluation import do_test
+from unidet2.evaluation import list_test_sets
 from unidet2.modeling.text_classifier import TextEmbeddingClassifier
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ and the SLURM launcher (``launch/``) call on every rank.
 from .checkpoint import Checkpointer, PeriodicCheckpointer, atomic_torch_save
 from .config import TRAIN_DEFAULTS, apply_overrides, get_train_defaults, load_config
 from .distributed import init_distributed, launch
-from .evaluation import dataset_vocabulary, do_test, register_evaluator_type
+from .evaluation import do_test
 from .finetune import DatasetFinetuner, FinetuneSchedule
 from .preemption import PreemptionRequest, TrainingPreempted
 from .run import main, run, setup
@@ -24,7 +24,6 @@ __all__ = [
     "TrainingPreempted",
     "apply_overrides",
     "atomic_torch_save",
-    "dataset_vocabulary",
     "do_test",
     "do_train",
     "get_train_defaults",
@@ -32,7 +31,6 @@ __all__ = [
     "launch",
     "load_config",
     "main",
-    "register_evaluator_type",
     "run",
     "setup",
 ]

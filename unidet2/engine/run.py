@@ -15,9 +15,11 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig
 
+from unidet2.evaluation import has_test_sets
+
 from .checkpoint import Checkpointer
 from .config import load_config
-from .evaluation import do_test, has_test_sets
+from .evaluation import do_test
 from .preemption import PreemptionRequest, TrainingPreempted
 from .trainer import do_train
 

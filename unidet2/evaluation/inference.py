@@ -1,21 +1,26 @@
-"""The inference loop shared by ``tools/evaluate.py`` and the ODinW protocols (detectron2's
-``inference_on_dataset`` with a progress bar)."""
+"""The one inference loop of unidet2 (detectron2's ``inference_on_dataset`` with a progress bar), used by
+training-time evaluation (``unidet2.engine.do_test``), ``tools/evaluate.py`` and the ODinW protocols."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import time
 from collections import OrderedDict
 
 import torch
+from detectron2.config import instantiate
 from detectron2.evaluation import DatasetEvaluator, inference_context
 from detectron2.utils import comm
 from torch import nn
 from tqdm import tqdm
 
-__all__ = ["evaluate_dataset", "run_inference", "test_loader_config"]
+from unidet2.modeling.vocabulary import dataset_vocabulary, vocabulary_options
+
+from .build import build_evaluator
+from .contract import test_loader_config
+
+__all__ = ["evaluate_dataset", "run_inference"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,38 +75,6 @@ def run_inference(
     return results if results is not None else OrderedDict()
 
 
-def test_loader_config(cfg, dataset_name: str):
-    """The loader config that reads ``dataset_name`` for inference.
-
-    Taken from ``cfg.dataloader.test`` when it lists the dataset; otherwise built from the template
-    ``cfg.dataloader.test_loader`` or, without one, from the first test loader, with ``dataset.names`` set to
-    ``dataset_name`` (the loader contract of :mod:`unidet2.engine.evaluation`).
-
-    Raises:
-        KeyError: the config has no test loader to start from.
-    """
-    from omegaconf import OmegaConf
-
-    from unidet2.engine.evaluation import list_test_sets
-
-    sets = list_test_sets(cfg)
-    for name, loader_cfg in sets:
-        if name == dataset_name:
-            return copy.deepcopy(loader_cfg)
-    dataloader = cfg.get("dataloader") or {}
-    template = dataloader.get("test_loader")
-    if template is None and sets:
-        template = sets[0][1]
-    if template is None or OmegaConf.select(template, "dataset.names", default=None) is None:
-        raise KeyError(
-            f"No loader config for '{dataset_name}': cfg.dataloader needs a test loader (dataloader.test or "
-            "dataloader.test_loader) whose dataset.names can be set to the dataset name"
-        )
-    loader_cfg = copy.deepcopy(template)
-    loader_cfg.dataset.names = dataset_name
-    return loader_cfg
-
-
 def evaluate_dataset(
     model: nn.Module,
     cfg,
@@ -116,7 +89,7 @@ def evaluate_dataset(
     """Evaluate ``model`` on one registered dataset, with that dataset's vocabulary.
 
     A model with text-embedding classifiers gets the dataset's ``vocabulary`` metadata (via
-    ``unidet2.modeling.set_vocabulary``) for the duration and its own back afterwards; other models are run as
+    :func:`unidet2.modeling.dataset_vocabulary`) for the duration and its own back afterwards; other models are run as
     they are.
 
     Args:
@@ -130,12 +103,6 @@ def evaluate_dataset(
         vocabulary_kwargs: overrides ``cfg.dataloader.vocabulary``.
         progress: tqdm progress bar.
     """
-    from detectron2.config import instantiate
-
-    from unidet2.engine.evaluation import dataset_vocabulary, vocabulary_options
-
-    from .build import build_evaluator
-
     if evaluator is None:
         evaluator = build_evaluator(dataset_name, output_dir, distributed=comm.get_world_size() > 1)
     if data_loader is None:

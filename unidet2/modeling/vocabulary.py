@@ -12,9 +12,10 @@ Must be called identically on every rank of a distributed job (it changes module
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,14 @@ from torch import nn
 
 from .text_classifier import TextEmbeddingClassifier, load_embeddings
 
-__all__ = ["VocabularyState", "set_vocabulary", "restore_vocabulary", "find_text_classifiers"]
+__all__ = [
+    "VocabularyState",
+    "dataset_vocabulary",
+    "find_text_classifiers",
+    "restore_vocabulary",
+    "set_vocabulary",
+    "vocabulary_options",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -214,3 +222,43 @@ def restore_vocabulary(model: nn.Module, state: VocabularyState) -> VocabularySt
         current.num_classes[module_name] = modules[module_name].num_classes
         modules[module_name].num_classes = previous
     return current
+
+
+@contextlib.contextmanager
+def dataset_vocabulary(model: nn.Module, dataset_name: str, **vocabulary_kwargs: Any) -> Iterator[None]:
+    """Give the model's text classifiers ``dataset_name``'s vocabulary inside the block, restore it after.
+
+    The vocabulary (and ``synonyms``) come from the dataset's metadata. A model without text-embedding classifiers
+    is left as it is. ``vocabulary_kwargs`` go to :func:`set_vocabulary` (encoder, prompts, cache_dir).
+
+    Raises:
+        KeyError: the model has a text classifier and the dataset's metadata no ``vocabulary``.
+    """
+    from detectron2.data import MetadataCatalog
+
+    if not find_text_classifiers(model):
+        yield
+        return
+    metadata = MetadataCatalog.get(dataset_name)
+    vocabulary = metadata.get("vocabulary", None)
+    if vocabulary is None:
+        raise KeyError(
+            f"Dataset '{dataset_name}' has no 'vocabulary' in its metadata, which the model's text classifier needs"
+        )
+    previous = set_vocabulary(model, list(vocabulary), synonyms=metadata.get("synonyms", None), **vocabulary_kwargs)
+    try:
+        yield
+    finally:
+        restore_vocabulary(model, previous)
+
+
+def vocabulary_options(cfg: Any) -> dict[str, Any]:
+    """``cfg.dataloader.vocabulary`` as :func:`set_vocabulary` keyword arguments ({} when absent or cfg is None).
+
+    Values may be LazyCalls (e.g. a text encoder, or an option read from the embeddings' sidecar), instantiated
+    here: ``instantiate`` does not recurse into a plain dict.
+    """
+    from detectron2.config import instantiate
+
+    vocabulary_cfg = ((cfg.get("dataloader") or {}).get("vocabulary") if cfg is not None else None) or {}
+    return {key: instantiate(value) for key, value in vocabulary_cfg.items()}

@@ -143,7 +143,7 @@ def visualize(model, dataset_names: list[str], out_dir: Path, images_per_dataset
     from detectron2.utils.visualizer import Visualizer
     from PIL import Image
 
-    from unidet2.engine.evaluation import dataset_vocabulary
+    from unidet2.modeling.vocabulary import dataset_vocabulary
 
     out_dir.mkdir(parents=True, exist_ok=True)
     resize = T.ResizeShortestEdge(192, 320)
