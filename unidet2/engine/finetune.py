@@ -49,8 +49,9 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
+from unidet2.modeling.vocabulary import vocabulary_options
+
 from .config import check_key_exists
-from .evaluation import vocabulary_options
 from .run import resolve_device
 from .trainer import do_train
 
