@@ -6,6 +6,7 @@ Every test writes tiny files in the real formats under ``tmp_path`` and points `
 import json
 import logging
 import os
+import re
 import sys
 
 import numpy as np
@@ -270,7 +271,7 @@ def test_coco_2017_instances(root):
     assert person["segmentation"] == [[1, 2, 11, 2, 11, 10, 1, 10]]
     mask = mask_util.decode(toothbrush["segmentation"])
     assert mask.sum() == 20 and mask[4:8, 5:10].all()
-    assert "id" not in person  # annotation ids are used for errors only
+    assert person["id"] == 101  # kept: a dropped instance's message names its annotation id
 
     meta = MetadataCatalog.get("coco_2017_val")
     assert meta.vocabulary[79] == "toothbrush" and len(meta.vocabulary) == 80
@@ -279,15 +280,20 @@ def test_coco_2017_instances(root):
     assert meta.json_file == str(root / "coco/annotations/instances_val2017.json")
 
 
-def test_coco_unknown_category_names_file_and_annotation(root):
+def test_coco_unknown_category_is_kept_as_minus_one_with_a_warning(root, caplog):
     content = _coco_instances_json([{"id": c["id"], "name": c["name"]} for c in COCO_THINGS])
     content["annotations"][1]["category_id"] = 12  # a gap in COCO's ids
     json_file = root / "coco/annotations/instances_val2017.json"
     write_json(json_file, content)
     (root / "coco/val2017").mkdir(parents=True)
-    with pytest.raises(ValueError) as error:
-        DatasetCatalog.get("coco_2017_val")
-    assert str(json_file) in str(error.value) and "annotation id 102" in str(error.value)
+    with caplog.at_level(logging.WARNING, logger="unidet2.data.datasets.common"):
+        records = DatasetCatalog.get("coco_2017_val")
+    # the record and its other annotations stay; the training mapper drops this one as unknown_category
+    (annotation,) = [a for r in records for a in r["annotations"] if a["id"] == 102]
+    assert annotation["category_id"] == -1
+    assert sum(len(r["annotations"]) for r in records) == 3
+    (message,) = [r.getMessage() for r in caplog.records if "not among" in r.getMessage()]
+    assert str(json_file) in message and "annotation id 102" in message and "category_id 12" in message
 
 
 def test_coco_wrong_class_list_and_missing_images(root):
@@ -437,9 +443,9 @@ def test_coco_panoptic(root):
     assert meta.panoptic_root == str(root / "coco/panoptic_val2017")
 
 
-def test_coco_panoptic_unknown_category(root):
-    write_image(root / "coco/val2017/000000000009.jpg")
-    (root / "coco/panoptic_val2017").mkdir(parents=True)
+def test_coco_panoptic_unknown_category(root, caplog):
+    write_image(root / "coco/val2017/9.jpg")  # no image entry in the json: the PNG name with .jpg
+    write_image(root / "coco/panoptic_val2017/9.png")
     categories = [{"id": c["id"], "name": c["name"], "isthing": c["isthing"]} for c in COCO_CATEGORIES]
     write_json(
         root / "coco/annotations/panoptic_val2017.json",
@@ -451,8 +457,10 @@ def test_coco_panoptic_unknown_category(root):
             "categories": categories,
         },
     )
-    with pytest.raises(ValueError, match=r"panoptic_val2017.json.*segment id 77"):
-        DatasetCatalog.get("coco_2017_val_panoptic")
+    with caplog.at_level(logging.WARNING, logger="unidet2.data.datasets.common"):
+        (record,) = DatasetCatalog.get("coco_2017_val_panoptic")
+    assert record["segments_info"][0]["category_id"] == -1
+    assert any(re.search(r"panoptic_val2017.json.*segment id 77", r.getMessage()) for r in caplog.records)
 
 
 # -------------------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ a COCO panoptic json + PNG (things, stuff, crowd, void, a segment id > 255), and
 import copy
 import itertools
 import json
-import logging
 import uuid
 
 import numpy as np
@@ -24,7 +23,6 @@ from PIL import Image
 from unidet2.data.build import build_multi_dataset_train_loader, get_multi_dataset_dicts
 from unidet2.data.label_space import UnifiedLabelSpace
 from unidet2.data.mapper import (
-    BadRecordCounter,
     BadRecordError,
     MultiDatasetMapper,
     build_lsj_augmentation,
@@ -316,7 +314,7 @@ def test_from_yacs_config(files):
     cfg.INPUT.MIN_SIZE_TRAIN = (96,)
     cfg.INPUT.FORMAT = "RGB"
     mapper = MultiDatasetMapper(cfg, is_train=True, label_map=LABEL_MAP)
-    assert mapper.image_format == "RGB" and not mapper.skip_bad_records
+    assert mapper.image_format == "RGB" and mapper.skip_bad_records  # the record policy is the default
     out = mapper(_instance_records(files, "inst", "instance")[0])
     assert tuple(out["image"].shape) == (3, 96, 128)
     assert out["instances"].gt_classes.tolist() == [10, 11, 12]
@@ -357,9 +355,13 @@ def _bad_records(files):
         "size mismatch": ("size_mismatch", None, with_fields(inst, height=50)),
         "degenerate box": ("degenerate_box", (1, 102), with_annotation(1, bbox=[30, 10, 0, 20])),
         "negative box": ("degenerate_box", (0, 101), with_annotation(0, bbox=[8, 8, 16, -2])),
+        "nan box": ("degenerate_box", (0, 101), with_annotation(0, bbox=[8, float("nan"), 16, 4])),
+        "box outside": ("box_outside_image", (1, 102), with_annotation(1, bbox=[60, 10, 40, 20])),
         "unknown category": ("unknown_category", (2, 103), with_annotation(2, category_id=5)),
-        "polygon outside": ("mask_outside_image", (0, 101), with_annotation(0, segmentation=[[8, 8, 500, 8, 24, 20]])),
-        "rle size": ("mask_outside_image", (2, 103), with_annotation(2, segmentation=_rle(np.ones((10, 10), bool)))),
+        "polygon outside": ("broken_segmentation", (0, 101), with_annotation(0, segmentation=[[8, 8, 500, 8, 24, 20]])),
+        "short polygon": ("broken_segmentation", (0, 101), with_annotation(0, segmentation=[[8, 8, 20, 8]])),
+        "rle size": ("broken_segmentation", (2, 103), with_annotation(2, segmentation=_rle(np.ones((10, 10), bool)))),
+        "no bbox": ("malformed_annotation", (1, 102), with_annotation(1, bbox=None)),
         "panoptic unknown category": ("unknown_category", (1, 300), with_segment(1, category_id=9)),
         "panoptic missing png": ("missing_file", None, with_fields(pan, pan_seg_file_name=str(root / "x.png"))),
         "semantic unknown value": ("unknown_category", None, _semantic_record(files, png="bad_value.png")),
@@ -368,17 +370,18 @@ def _bad_records(files):
 
 
 BAD_KINDS = [
-    "missing image", "garbage image", "truncated image", "size mismatch", "degenerate box", "negative box",
-    "unknown category", "polygon outside", "rle size", "panoptic unknown category", "panoptic missing png",
-    "semantic unknown value", "semantic size",
+    "missing image", "garbage image", "truncated image", "size mismatch", "degenerate box", "negative box", "nan box",
+    "box outside", "unknown category", "polygon outside", "short polygon", "rle size", "no bbox",
+    "panoptic unknown category", "panoptic missing png", "semantic unknown value", "semantic size",
 ]  # fmt: skip
+RECORD_LEVEL = {"missing_file", "corrupt_file", "size_mismatch"}
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)
-def test_bad_record_raises_then_is_skipped_and_counted(files, kind, caplog):
+def test_bad_data_raises_in_strict_mode_and_is_dropped_by_default(files, kind):
     reason, annotation, record = _bad_records(files)[kind]
     with pytest.raises(BadRecordError) as info:
-        _mapper()(record)
+        _mapper(skip_bad_records=False)(record)
     error = info.value
     assert isinstance(error, ValueError)
     assert error.reason == reason
@@ -390,22 +393,48 @@ def test_bad_record_raises_then_is_skipped_and_counted(files, kind, caplog):
     # survives a DataLoader worker re-raise (re-built from the message alone)
     assert str(BadRecordError(str(error))) == str(error)
 
-    counter = BadRecordCounter()
-    skipping = _mapper(skip_bad_records=True, bad_record_counter=counter)
-    with caplog.at_level(logging.WARNING, logger="unidet2.data.mapper"):
-        assert skipping(record) is None
-        assert skipping(record) is None
-    counts = counter.counts()
-    assert counts[reason] == 2 and counter.total() == 2
-    # Only the mapper's records: other loggers' INFO lines reach caplog once a logger was set up in this process.
-    skips = [r for r in caplog.records if r.name == "unidet2.data.mapper"]
-    assert len(skips) == 2 and record["file_name"] in skips[0].getMessage()
+    mapper = _mapper()  # default: the record policy
+    good = {"instance": _instance_records(files, "inst", "instance")[0], "panoptic": _panoptic_records(files)[0],
+            "semantic": _semantic_record(files)}[record["task"]]  # fmt: skip
+    clean = mapper(copy.deepcopy(good))
+    assert "record_problems" not in clean
+    out = mapper(record)
+    if reason in RECORD_LEVEL:  # the image is skipped; its problem rides on the next sample (the retry)
+        assert out is None
+        out = mapper(copy.deepcopy(good))
+        assert len(out["instances"]) == len(clean["instances"])
+        assert out["record_problems"] == [(record["dataset_name"], reason, "record", str(error))]
+    else:  # the instance is dropped, the image and the other instances stay
+        assert out["record_problems"] == [(record["dataset_name"], reason, "instance", str(error))]
+        assert torch.equal(out["image"], clean["image"])
+        if record["task"] == "semantic":  # the pixels of the unknown value become "ignore"
+            assert len(out["instances"]) == len(clean["instances"]) and out["sem_seg"][40, 40] == 255
+            assert (out["sem_seg"] != clean["sem_seg"]).sum() == 1
+        else:
+            assert len(out["instances"]) == len(clean["instances"]) - 1
+    assert "record_problems" not in mapper(copy.deepcopy(good))  # reported once
+
+
+def test_dropped_instance_keeps_the_others(files):
+    record = _instance_records(files, "inst", "instance")[0]
+    record["annotations"][1]["bbox"] = [30, 10, 0, 20]  # zero width
+    out = _mapper(label_map={"inst": [10, 11, 12]})(record)
+    assert out["instances"].gt_classes.tolist() == [10, 12]
+    assert out["instances"].gt_boxes.tensor.tolist() == [[8, 8, 24, 20], [5, 30, 20, 40]]
+    assert out["instances"].gt_masks.tensor.shape == (2, H, W)
+
+
+def test_inference_never_skips(files):
+    record = copy.deepcopy(_instance_records(files, "inst", "instance")[0])
+    record["file_name"] = str(files["root"] / "nope.jpg")
+    with pytest.raises(BadRecordError, match="missing_file"):  # a skipped test image would change the metric
+        MultiDatasetMapper(is_train=False, augmentations=[], skip_bad_records=True)(record)
 
 
 def test_unknown_task_is_a_configuration_error(files):
     record = _instance_records(files, "inst", "segmentation")[0]
     with pytest.raises(ValueError, match="has task 'segmentation'") as info:
-        _mapper(skip_bad_records=True)(record)
+        _mapper()(record)
     assert not isinstance(info.value, BadRecordError)
 
 
@@ -499,22 +528,21 @@ def test_loader_with_workers_retries_bad_records_in_the_same_dataset(registered,
     broken = copy.deepcopy(records[2])  # a detection record whose image is missing
     broken.update(file_name=str(files["root"] / "missing.jpg"), image_id=99)
     records.insert(3, broken)
-    counter = BadRecordCounter()
-    mapper = MultiDatasetMapper(
-        augmentations=[T.ResizeShortestEdge(32, 1000)],
-        label_map=label_map,
-        skip_bad_records=True,
-        bad_record_counter=counter,
-    )
+    mapper = MultiDatasetMapper(augmentations=[T.ResizeShortestEdge(32, 1000)], label_map=label_map)
     loader = build_multi_dataset_train_loader(
-        order, mapper, [0, 1, 0, 0], 2, dataset_dicts=records, num_workers=2, seed=1, rank=0, world_size=1
+        order, mapper, [0, 1, 0, 0], 2, dataset_dicts=records, num_workers=2, seed=1, rank=0, world_size=1,
+        max_bad_fraction=None,
     )
     batches = list(itertools.islice(loader, 12))
     for batch in batches:
         assert {d["dataset_name"] for d in batch} == {names["det"]}
         assert all(d["image_id"] != 99 for d in batch)
-    # the skips happened in the worker processes and are visible here
-    assert counter.counts()["missing_file"] > 0
+    # the skips happened in the worker processes; their problems came back with the consumed batches
+    stats = loader.record_problems
+    skipped = stats.counts()[names["det"]]["missing_file"]
+    assert skipped > 0 and all(d.get("record_problems") is None for b in batches for d in b)
+    assert stats.records_seen[names["det"]] == 24 + skipped and stats.bad_records[names["det"]] == skipped
+    assert loader.state_dict()["record_problems"]["counts"] == {names["det"]: {"missing_file": skipped}}
 
 
 def test_loader_argument_validation(registered):

@@ -6,6 +6,11 @@
 sampler is that sampler, so every per-GPU batch holds images of ONE dataset and ONE aspect-ratio bucket, and
 all ranks see the same dataset at the same step (what Detic's MDAspectRatioGroupedDataset does per rank, made
 identical across ranks).
+
+The loader also applies the record policy of :mod:`unidet2.data.record_policy`: it counts the instances and
+records the mapper dropped (carried on the samples, so counts from worker processes arrive with the batches),
+logs them, keeps the counts in its ``state_dict`` (saved in checkpoints) and stops training when a dataset's
+share of bad records passes ``max_bad_fraction``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from detectron2.utils import comm
 from detectron2.utils.serialize import PicklableWrapper
 
 from .mapper import TASKS, normalize_label_maps
+from .record_policy import RecordProblemStats
 from .sampler import MultiDatasetSampler, class_aware_factors, repeat_factors_from_category_frequency
 
 __all__ = [
@@ -226,13 +232,22 @@ class MultiDatasetTrainLoader:
     """Infinite iterable of per-GPU batches (``list[dict]``), each from one dataset and aspect bucket.
 
     Tracks the batches actually consumed (the DataLoader pre-fetches ahead of the sampler), so
-    ``state_dict()`` / ``load_state_dict()`` resume exactly after the last consumed batch.
+    ``state_dict()`` / ``load_state_dict()`` resume exactly after the last consumed batch. ``record_problems``
+    counts the bad instances / records of the consumed batches (and may stop the iteration with
+    :class:`~unidet2.data.record_policy.TooManyBadRecordsError`).
     """
 
-    def __init__(self, data_loader: torchdata.DataLoader, sampler: MultiDatasetSampler, dataset_names: Sequence[str]):
+    def __init__(
+        self,
+        data_loader: torchdata.DataLoader,
+        sampler: MultiDatasetSampler,
+        dataset_names: Sequence[str],
+        record_problems: RecordProblemStats | None = None,
+    ):
         self.data_loader = data_loader
         self.sampler = sampler
         self.dataset_names = list(dataset_names)
+        self.record_problems = record_problems if record_problems is not None else RecordProblemStats()
         self._consumed = 0
         self._counted_from = 0  # realised counts cover the steps [_counted_from, _consumed)
 
@@ -249,6 +264,7 @@ class MultiDatasetTrainLoader:
         self.sampler.seek(self._consumed)
         for batch in self.data_loader:
             self._consumed += 1
+            self.record_problems.observe_batch(batch)
             yield batch
 
     @property
@@ -283,12 +299,17 @@ class MultiDatasetTrainLoader:
         return message
 
     def state_dict(self) -> dict:
-        return {"sampler": {**self.sampler.state_dict(), "step": self._consumed}}
+        return {
+            "sampler": {**self.sampler.state_dict(), "step": self._consumed},
+            "record_problems": self.record_problems.state_dict(),
+        }
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Restore the position; takes effect at the next ``iter()`` of the loader."""
+        """Restore the position and the bad-record counts; takes effect at the next ``iter()`` of the loader."""
         self.sampler.load_state_dict(state["sampler"])
         self._consumed = self._counted_from = int(state["sampler"]["step"])
+        if "record_problems" in state:
+            self.record_problems.load_state_dict(state["record_problems"])
 
 
 def build_multi_dataset_train_loader(
@@ -311,6 +332,8 @@ def build_multi_dataset_train_loader(
     prefetch_batches: int = 1,
     rank: int | None = None,
     world_size: int | None = None,
+    max_bad_fraction: float | None = 0.01,
+    min_records_for_limit: int = 1000,
 ) -> MultiDatasetTrainLoader:
     """Training loader over several datasets mixed by ``ratios``; every per-GPU batch holds one dataset.
 
@@ -334,6 +357,9 @@ def build_multi_dataset_train_loader(
             is a whole batch, so 1 already keeps ``num_workers * batch_size`` images in flight, about what
             detectron2's per-image loader holds with its default of 2.
         rank, world_size: default from ``detectron2.utils.comm``.
+        max_bad_fraction: stop training when a dataset's share of bad records (skipped, or with a dropped
+            instance) passes this (None: never); see :class:`~unidet2.data.record_policy.RecordProblemStats`.
+        min_records_for_limit: records of a dataset seen (on this rank) before its share is checked.
 
     Returns:
         MultiDatasetTrainLoader yielding ``list[dict]`` of length total_batch_size / world_size.
@@ -397,4 +423,5 @@ def build_multi_dataset_train_loader(
             for n, c, s, m in zip(names, counts, sampler.shares, _per_dataset(sampling, names, "sampling"))
         ),
     )
-    return MultiDatasetTrainLoader(data_loader, sampler, names)
+    record_problems = RecordProblemStats(max_bad_fraction=max_bad_fraction, min_records=min_records_for_limit)
+    return MultiDatasetTrainLoader(data_loader, sampler, names, record_problems)

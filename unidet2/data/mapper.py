@@ -15,9 +15,11 @@ semantic   one instance per class present: gt_boxes, gt_classes, gt_masks; plus 
            (int64 (H, W), unified ids, ``sem_seg_ignore_value`` where ignored or padded)
 ========== =====================================================================================
 
-Broken records raise :class:`BadRecordError` naming the file, image id and annotation, or, with
-``skip_bad_records=True``, make the mapper return None (detectron2's MapDataset and our multi-dataset loader
-then retry another record) and are counted per reason in a :class:`BadRecordCounter` that the trainer reads.
+Bad data follow :mod:`unidet2.data.record_policy` (training only): a bad annotation drops that instance, a bad
+image makes the mapper return None (detectron2's MapDataset and our multi-dataset loader then retry another
+record); what was dropped rides on the next returned sample under ``record_problems`` and is counted by the
+training loader. Strict mode (``skip_bad_records=False``) and inference raise :class:`BadRecordError` instead,
+naming the file, image id, annotation and dataset.
 """
 
 from __future__ import annotations
@@ -36,12 +38,12 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, BoxMode, Instances
 from fvcore.transforms.transform import PadTransform, Transform
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import get_worker_info
+
+from .record_policy import INSTANCE_REASONS, PROBLEMS_KEY, RECORD_REASONS
 
 __all__ = [
     "BAD_RECORD_REASONS",
     "TASKS",
-    "BadRecordCounter",
     "BadRecordError",
     "MultiDatasetMapper",
     "build_lsj_augmentation",
@@ -52,15 +54,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TASKS = ("instance", "detection", "panoptic", "semantic", "box")
-BAD_RECORD_REASONS = (
-    "missing_file",  # image or label PNG does not exist
-    "corrupt_file",  # image or label PNG cannot be decoded
-    "size_mismatch",  # decoded size differs from the record's height/width
-    "degenerate_box",  # non-finite box or non-positive width/height before any transform
-    "unknown_category",  # category id (or semantic pixel value) missing from the dataset's label map
-    "mask_outside_image",  # polygon far outside the image or RLE size different from the image
-    "malformed_record",  # missing keys, unreadable segmentation structure, ...
-)
+BAD_RECORD_REASONS = RECORD_REASONS + INSTANCE_REASONS
 
 
 class BadRecordError(ValueError):
@@ -86,38 +80,6 @@ class BadRecordError(ValueError):
         self.image_id = image_id
         self.annotation_index = annotation_index
         self.annotation_id = annotation_id
-
-
-class BadRecordCounter:
-    """Per-reason counts of skipped records, shared by the main process and its DataLoader workers.
-
-    The counts live in a shared-memory int64 tensor with one row per process (main process = row 0, worker k
-    = row k + 1), so workers never write the same cell and the trainer reads the sum without locking.
-    Counts are per machine process tree; in distributed training all-reduce ``as_tensor()`` if needed.
-    """
-
-    _MAX_ROWS = 257
-
-    def __init__(self):
-        self._counts = torch.zeros((self._MAX_ROWS, len(BAD_RECORD_REASONS)), dtype=torch.int64).share_memory_()
-
-    def increment(self, reason: str) -> None:
-        worker = get_worker_info()
-        row = 0 if worker is None else 1 + worker.id % (self._MAX_ROWS - 1)
-        self._counts[row, BAD_RECORD_REASONS.index(reason)] += 1
-
-    def as_tensor(self) -> torch.Tensor:
-        """Counts per reason, int64 (len(BAD_RECORD_REASONS),), in BAD_RECORD_REASONS order."""
-        return self._counts.sum(dim=0)
-
-    def counts(self) -> dict[str, int]:
-        return dict(zip(BAD_RECORD_REASONS, self.as_tensor().tolist()))
-
-    def total(self) -> int:
-        return int(self._counts.sum())
-
-    def reset(self) -> None:
-        self._counts.zero_()
 
 
 # ---------------------------------------------------------------------------------------------- label maps
@@ -302,12 +264,12 @@ class MultiDatasetMapper:
         dataset_augmentations: Mapping[str, Sequence[T.Augmentation | T.Transform]] | None = None,
         image_format: str = "BGR",
         label_map: Any = None,
-        skip_bad_records: bool = False,
-        bad_record_counter: BadRecordCounter | None = None,
+        skip_bad_records: bool = True,
         recompute_boxes: bool = False,
         ignore_label: int = 255,
         sem_seg_ignore_value: int = 255,
         mask_outside_tolerance: float = 0.05,
+        min_box_inside_fraction: float = 0.5,
     ):
         """
         Args:
@@ -316,15 +278,18 @@ class MultiDatasetMapper:
             dataset_augmentations: dataset_name -> augmentations for that dataset.
             image_format: format for detectron2's ``read_image`` ("BGR", "RGB", ...).
             label_map: per-dataset local -> unified id maps (:func:`normalize_label_maps`); None = identity.
-            skip_bad_records: return None for a bad record (counted and logged) instead of raising.
-            bad_record_counter: where skips are counted; a new one is created if None.
+            skip_bad_records: training only: drop a bad annotation (instance) and return None for a bad image
+                (record), reporting both under ``record_problems`` (see :mod:`unidet2.data.record_policy`);
+                False (strict mode) raises :class:`BadRecordError` at the first problem.
             recompute_boxes: replace instance boxes by the tight boxes of their masks after the transforms
                 (useful with crops, which cut the object but not its annotated box).
             ignore_label: "ignore" value of the semantic PNGs (255 in the project's convention).
             sem_seg_ignore_value: value written for ignored / padded pixels of the output ``sem_seg``; it must
                 not be a unified id of a semantic dataset (use -1 for unified spaces of > 255 classes).
             mask_outside_tolerance: polygon vertices may lie outside the image by this fraction of the image
-                side (annotation tools round outwards); farther is a bad record.
+                side (annotation tools round outwards); farther drops the instance.
+            min_box_inside_fraction: a box with less of its area inside the image is dropped
+                ("box_outside_image": wrong coordinates, not a truncated object); the rest is clipped.
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(list(augmentations))
@@ -338,14 +303,16 @@ class MultiDatasetMapper:
         }
         self._raw_label_maps = normalize_label_maps(label_map)
         self._label_maps: dict[str, _DatasetLabelMap] = {}
-        self.skip_bad_records = skip_bad_records
-        self.bad_record_counter = bad_record_counter if bad_record_counter is not None else BadRecordCounter()
+        self.skip_bad_records = bool(skip_bad_records)
+        self.min_box_inside_fraction = float(min_box_inside_fraction)
+        # Problems of records skipped in this process, attached to the next sample returned (the retry).
+        self._pending_problems: list[tuple[str, str, str, str]] = []
+        self._record_problems: list[tuple[str, str, str, str]] = []
         self.recompute_boxes = recompute_boxes
         self.ignore_label = int(ignore_label)
         self.sem_seg_ignore_value = int(sem_seg_ignore_value)
         self.mask_outside_tolerance = float(mask_outside_tolerance)
         self._checked_semantic_maps: set[str] = set()
-        self._warnings_logged: dict[str, int] = {}
         mode = "training" if is_train else "inference"
         logger.info(
             "[MultiDatasetMapper] %s augmentations: default %s; per dataset %s",
@@ -355,7 +322,7 @@ class MultiDatasetMapper:
         )
 
     @classmethod
-    def from_config(cls, cfg, is_train: bool = True, label_map: Any = None, skip_bad_records: bool = False):
+    def from_config(cls, cfg, is_train: bool = True, label_map: Any = None, skip_bad_records: bool = True):
         augmentations = utils.build_augmentation(cfg, is_train)
         if cfg.INPUT.CROP.ENABLED and is_train:
             augmentations.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
@@ -375,21 +342,31 @@ class MultiDatasetMapper:
             dataset_dict: one record (not modified).
 
         Returns:
-            the model-input dict, or None for a bad record when ``skip_bad_records`` is set.
+            the model-input dict, or None for a bad image when training with ``skip_bad_records``. A returned
+            dict carries ``record_problems`` (list of ``(dataset_name, reason, level, message)``) when
+            instances of this record, or records skipped before it in this process, were dropped.
         """
+        self._record_problems = []
         try:
-            return self._map(dataset_dict)
+            out = self._map(dataset_dict)
         except BadRecordError as error:
-            if not self.skip_bad_records:
+            if not (self.skip_bad_records and self.is_train):
                 raise
-            self.bad_record_counter.increment(error.reason)
-            seen = self._warnings_logged.get(error.reason, 0) + 1
-            self._warnings_logged[error.reason] = seen
-            # The first 10 skips of a reason are logged one by one, then every 100th, so a badly broken
-            # dataset does not flood the log; the counter keeps the exact numbers.
-            if seen <= 10 or seen % 100 == 0:
-                logger.warning("Skipping bad record (%s, #%d in this process): %s", error.reason, seen, error)
+            self._pending_problems.append(
+                (str(dataset_dict.get("dataset_name")), error.reason, "record", str(error))
+            )
             return None
+        problems = self._pending_problems + self._record_problems
+        self._pending_problems, self._record_problems = [], []
+        if problems:
+            out[PROBLEMS_KEY] = problems
+        return out
+
+    def _drop_instance(self, error: BadRecordError, dataset_name: str | None) -> None:
+        """Record an instance-level problem (or raise it in strict mode)."""
+        if not self.skip_bad_records:
+            raise error
+        self._record_problems.append((str(dataset_name), error.reason, "instance", str(error)))
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -427,22 +404,28 @@ class MultiDatasetMapper:
         return label_map
 
     def _to_unified(self, record, label_map, local_ids: np.ndarray, what: str, indices=None, ids=None):
-        if label_map is None:
-            unified = np.asarray(local_ids, dtype=np.int64)
-        else:
-            unified = label_map.to_unified(local_ids)
-        bad = np.flatnonzero(unified < 0)
-        if bad.size:
-            k = int(bad[0])
-            raise self._error(
-                record,
-                "unknown_category",
-                f"{what} {int(np.asarray(local_ids)[k])} is not in the label map of dataset "
-                f"{record.get('dataset_name')!r}",
-                annotation_index=None if indices is None else indices[k],
-                annotation_id=None if ids is None else ids[k],
+        """Unified ids of ``local_ids`` (int64, same shape) and a bool keep mask; an id without a unified id is an
+        "unknown_category" problem of that instance (dropped, or raised in strict mode)."""
+        local_ids = np.asarray(local_ids, dtype=np.int64)
+        unified = local_ids.copy() if label_map is None else label_map.to_unified(local_ids)
+        keep = unified >= 0
+        for k in np.flatnonzero(~keep):
+            k = int(k)
+            if local_ids[k] == -1:  # the loaders' UNKNOWN_CATEGORY_ID
+                detail = f"{what} is not among the categories of dataset {record.get('dataset_name')!r}'s file"
+            else:
+                detail = f"{what} {int(local_ids[k])} is not in the label map of dataset {record.get('dataset_name')!r}"
+            self._drop_instance(
+                self._error(
+                    record,
+                    "unknown_category",
+                    detail,
+                    annotation_index=None if indices is None else indices[k],
+                    annotation_id=None if ids is None else ids[k],
+                ),
+                record.get("dataset_name"),
             )
-        return unified
+        return unified, keep
 
     def _read_file(self, record, path: str | None, what: str, reader):
         if not path:
@@ -522,64 +505,98 @@ class MultiDatasetMapper:
         annotations = record.get("annotations")
         if annotations is None:
             raise self._error(record, "malformed_record", f"{task} record has no 'annotations' list")
+        dataset_name = record.get("dataset_name")
         indices = [k for k, ann in enumerate(annotations) if not ann.get("iscrowd", 0)]
-        kept = [annotations[k] for k in indices]
-        ids = [ann.get("id") for ann in kept]
+        ids = [annotations[k].get("id") for k in indices]
+        valid = np.ones(len(indices), dtype=bool)
 
-        boxes = np.zeros((len(kept), 4), dtype=np.float64)
-        modes = []
-        for position, ann in enumerate(kept):
+        def drop(position: int, reason: str, detail: str) -> None:
+            valid[position] = False
+            error = self._error(record, reason, detail, indices[position], ids[position])
+            self._drop_instance(error, dataset_name)
+
+        boxes = np.zeros((len(indices), 4), dtype=np.float64)
+        modes = [BoxMode.XYXY_ABS] * len(indices)
+        for position, k in enumerate(indices):
+            ann = annotations[k]
             try:
                 boxes[position] = np.asarray(ann["bbox"], dtype=np.float64).reshape(4)
-                modes.append(BoxMode(ann["bbox_mode"]))
+                modes[position] = BoxMode(ann["bbox_mode"])
             except (KeyError, TypeError, ValueError) as e:
-                raise self._error(
-                    record,
-                    "malformed_record",
-                    f"unreadable bbox / bbox_mode: {e!r}",
-                    indices[position],
-                    ids[position],
-                ) from e
+                drop(position, "malformed_annotation", f"unreadable bbox / bbox_mode: {e!r}")
         for mode in set(modes):  # vectorised conversion, one call per box mode present
-            rows = np.array([m == mode for m in modes])
+            rows = valid & np.array([m == mode for m in modes], dtype=bool)
+            if not rows.any():
+                continue
             try:
                 boxes[rows] = BoxMode.convert(boxes[rows], mode, BoxMode.XYXY_ABS)
             except (AssertionError, NotImplementedError) as e:
-                k = int(np.flatnonzero(rows)[0])
-                raise self._error(record, "malformed_record", f"bbox_mode {mode}: {e}", indices[k], ids[k]) from e
-        degenerate = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-        if degenerate.any():
-            k = int(np.flatnonzero(degenerate)[0])
-            raise self._error(
-                record,
+                for position in np.flatnonzero(rows):
+                    drop(int(position), "malformed_annotation", f"bbox_mode {mode}: {e}")
+        with np.errstate(invalid="ignore"):
+            degenerate = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+        for position in np.flatnonzero(valid & degenerate):
+            ann = annotations[indices[position]]
+            drop(
+                int(position),
                 "degenerate_box",
-                f"bbox {list(kept[k]['bbox'])} (mode {kept[k]['bbox_mode']}) has a non-positive width or height",
-                indices[k],
-                ids[k],
+                f"bbox {list(ann['bbox'])} (mode {ann['bbox_mode']}) is non-finite or has a non-positive width or "
+                "height",
             )
-        local = np.array([ann.get("category_id", -1) for ann in kept], dtype=np.int64)
-        classes = self._to_unified(record, label_map, local, "category_id", indices, ids)
+        if valid.any():
+            inside_w = np.clip(boxes[:, 2], 0, width) - np.clip(boxes[:, 0], 0, width)
+            inside_h = np.clip(boxes[:, 3], 0, height) - np.clip(boxes[:, 1], 0, height)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                inside = np.clip(inside_w, 0, None) * np.clip(inside_h, 0, None) / (
+                    (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+                )
+            for position in np.flatnonzero(valid & (inside < self.min_box_inside_fraction)):
+                drop(
+                    int(position),
+                    "box_outside_image",
+                    f"box {np.round(boxes[position], 2).tolist()} (XYXY) has {inside[position]:.0%} of its area "
+                    f"inside the {width}x{height} image",
+                )
+        local = np.array([annotations[k].get("category_id", -1) for k in indices], dtype=np.int64)
+        positions = np.flatnonzero(valid)
+        classes = np.zeros(len(indices), dtype=np.int64)
+        if positions.size:
+            unified, known = self._to_unified(
+                record, label_map, local[positions], "category_id", [indices[p] for p in positions],
+                [ids[p] for p in positions]
+            )
+            classes[positions] = unified
+            valid[positions[~known]] = False
 
-        segmentations = None
+        segmentations = {}
         if task == "instance":
-            segmentations = [
-                self._check_segmentation(record, ann, height, width, indices[k], ids[k]) for k, ann in enumerate(kept)
-            ]
+            for position in np.flatnonzero(valid):
+                try:
+                    segmentations[int(position)] = self._check_segmentation(
+                        record, annotations[indices[position]], height, width, indices[position], ids[position]
+                    )
+                except BadRecordError as error:
+                    valid[position] = False
+                    self._drop_instance(error, dataset_name)
 
+        positions = np.flatnonzero(valid)
+        boxes, classes = boxes[positions], classes[positions]
         aug_input = T.AugInput(image, boxes=boxes)
         transforms = augmentations(aug_input)
         image = aug_input.image
         new_height, new_width = image.shape[:2]
         self._finish_image(out, image, reverse_channels)
 
-        boxes = aug_input.boxes.reshape(-1, 4) if len(kept) else np.zeros((0, 4))
+        boxes = aug_input.boxes.reshape(-1, 4) if len(positions) else np.zeros((0, 4))
         boxes = np.clip(boxes, 0, [new_width, new_height, new_width, new_height])
         # detectron2's filter_empty_instances rule (box sides > 1e-5, non-empty mask), applied before the
         # masks are decoded so that instances cropped away cost nothing
         keep = ((boxes[:, 2] - boxes[:, 0]) > 1e-5) & ((boxes[:, 3] - boxes[:, 1]) > 1e-5)
         masks = None
-        if segmentations is not None:
-            masks, keep = self._rasterize(segmentations, transforms, new_height, new_width, keep)
+        if task == "instance":
+            masks, keep = self._rasterize(
+                [segmentations[int(p)] for p in positions], transforms, new_height, new_width, keep
+            )
         instances = Instances((new_height, new_width))
         instances.gt_boxes = Boxes(torch.as_tensor(boxes[keep], dtype=torch.float32))
         instances.gt_classes = torch.as_tensor(classes[keep], dtype=torch.int64)
@@ -594,15 +611,18 @@ class MultiDatasetMapper:
         """Validate one annotation's segmentation before transforms; returns polygons or a decoded mask."""
         segm = ann.get("segmentation")
         if segm is None:
-            raise self._error(record, "malformed_record", "instance annotation has no segmentation", index, ann_id)
+            raise self._error(record, "malformed_annotation", "instance annotation has no segmentation", index, ann_id)
         if isinstance(segm, list):
             polygons = []
             for polygon in segm:
-                coords = np.asarray(polygon, dtype=np.float64).reshape(-1)
+                try:
+                    coords = np.asarray(polygon, dtype=np.float64).reshape(-1)
+                except (TypeError, ValueError) as e:
+                    raise self._error(record, "broken_segmentation", f"unreadable polygon: {e!r}", index, ann_id) from e
                 if coords.size < 6 or coords.size % 2:
                     raise self._error(
                         record,
-                        "malformed_record",
+                        "broken_segmentation",
                         f"polygon with {coords.size} coordinates (need an even number >= 6)",
                         index,
                         ann_id,
@@ -615,7 +635,7 @@ class MultiDatasetMapper:
                 if not np.isfinite(xy).all() or outside.any():
                     raise self._error(
                         record,
-                        "mask_outside_image",
+                        "broken_segmentation",
                         f"polygon vertex {xy[np.flatnonzero(outside | ~np.isfinite(xy).all(1))[0]].tolist()} "
                         f"lies outside the {width}x{height} image",
                         index,
@@ -625,11 +645,11 @@ class MultiDatasetMapper:
             return polygons
         if isinstance(segm, Mapping):
             if "size" not in segm or "counts" not in segm:
-                raise self._error(record, "malformed_record", "RLE without 'size'/'counts'", index, ann_id)
+                raise self._error(record, "broken_segmentation", "RLE without 'size'/'counts'", index, ann_id)
             if [int(s) for s in segm["size"]] != [height, width]:
                 raise self._error(
                     record,
-                    "mask_outside_image",
+                    "broken_segmentation",
                     f"RLE size {list(segm['size'])} differs from the image size [{height}, {width}]",
                     index,
                     ann_id,
@@ -640,10 +660,10 @@ class MultiDatasetMapper:
             try:
                 return mask_util.decode(rle)
             except (TypeError, ValueError) as e:
-                raise self._error(record, "malformed_record", f"undecodable RLE: {e}", index, ann_id) from e
+                raise self._error(record, "broken_segmentation", f"undecodable RLE: {e}", index, ann_id) from e
         raise self._error(
             record,
-            "malformed_record",
+            "broken_segmentation",
             f"segmentation of type {type(segm).__name__} is not polygons or RLE",
             index,
             ann_id,
@@ -706,20 +726,25 @@ class MultiDatasetMapper:
         rgb = rgb.astype(np.int64)
         panoptic_ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
-        indices = [k for k, seg in enumerate(segments) if not seg.get("iscrowd", 0)]
-        kept = [segments[k] for k in indices]
-        ids = [seg.get("id") for seg in kept]
-        for position, seg in enumerate(kept):
+        indices = []
+        for k, seg in enumerate(segments):
+            if seg.get("iscrowd", 0):
+                continue
             if "id" not in seg or "isthing" not in seg:
-                raise self._error(
-                    record,
-                    "malformed_record",
-                    "segment without 'id' or 'isthing'",
-                    indices[position],
-                    ids[position],
+                # its pixels stay void (index 0 below)
+                error = self._error(
+                    record, "malformed_annotation", "segment without 'id' or 'isthing'", k, seg.get("id")
                 )
-        local = np.array([seg.get("category_id", -1) for seg in kept], dtype=np.int64)
-        classes = self._to_unified(record, label_map, local, "category_id", indices, ids)
+                self._drop_instance(error, record.get("dataset_name"))
+                continue
+            indices.append(k)
+        ids = [segments[k].get("id") for k in indices]
+        local = np.array([segments[k].get("category_id", -1) for k in indices], dtype=np.int64)
+        classes, known = self._to_unified(record, label_map, local, "category_id", indices, ids)
+        # a segment of an unknown category is dropped: its pixels are void, like a crowd segment's
+        indices = [k for k, ok in zip(indices, known) if ok]
+        classes = classes[known]
+        kept = [segments[k] for k in indices]
         isthing = np.array([bool(seg["isthing"]) for seg in kept], dtype=bool)
 
         # Compact segment-index map (0 = void or crowd, k = k-th kept segment): uint8 goes through PIL's
@@ -762,7 +787,9 @@ class MultiDatasetMapper:
         self._check_size(record, sem_seg, "semantic PNG")
         present = np.flatnonzero(np.bincount(sem_seg.reshape(-1), minlength=256))
         present = present[present != self.ignore_label]
-        unified = self._to_unified(record, label_map, present, "semantic pixel value")
+        unified, known = self._to_unified(record, label_map, present, "semantic pixel value")
+        # pixels of an unknown value become "ignore"
+        present, unified = present[known], unified[known]
         dataset_name = record.get("dataset_name")
         if dataset_name not in self._checked_semantic_maps:
             self._check_semantic_ignore(dataset_name, label_map)

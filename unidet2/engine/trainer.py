@@ -11,7 +11,10 @@
 
 The main process logs ``total_loss``, each loss term, ``loss/<dataset>`` (mean total loss of the per-rank
 batches drawn from a single dataset; mixed batches are not attributed) and ``samples/<dataset>`` (samples seen
-since the start of training, over all ranks; checkpointed) into the EventStorage.
+since the start of training, over all ranks; checkpointed) into the EventStorage, and, when the loader counts
+bad data (``record_problems``, see ``unidet2.data.record_policy``), ``bad_data/<dataset>/<reason>`` (dropped
+instances or skipped records so far, over all ranks; checkpointed with the loader position) and
+``bad_data/<dataset>/bad_record_share``.
 
 :func:`do_train` wires it up from a LazyConfig: model/optimizer/scheduler, atomic checkpoints (with RNG and
 data loader position, so a resume continues exactly), metrics writers (console with ETA, JSON,
@@ -222,6 +225,7 @@ class Trainer(TrainerBase):
             "datasets": dict(Counter(_batch_dataset_names(batch))),
             "data_time": data_time,
             "stop": self.preemption is not None and self.preemption.requested,
+            "record_problems": self._record_problems_summary(),
         }
         gathered = comm.all_gather(local) if comm.get_world_size() > 1 else [local]
 
@@ -246,8 +250,27 @@ class Trainer(TrainerBase):
         if comm.is_main_process():
             self._write_metrics(gathered)
 
+    def _record_problems_summary(self) -> dict[str, Any] | None:
+        stats = getattr(self.data_loader, "record_problems", None)
+        return stats.summary() if stats is not None and hasattr(stats, "summary") else None
+
+    def _write_record_problems(self, gathered: list[dict[str, Any]]) -> None:
+        counts, seen, bad = Counter(), Counter(), Counter()
+        for entry in gathered:
+            summary = entry.get("record_problems") or {}
+            for dataset, reasons in summary.get("counts", {}).items():
+                counts.update({(dataset, reason): n for reason, n in reasons.items()})
+            seen.update(summary.get("records_seen", {}))
+            bad.update(summary.get("bad_records", {}))
+        for (dataset, reason), count in counts.items():
+            self.storage.put_scalar(f"bad_data/{dataset}/{reason}", count, smoothing_hint=False)
+        for dataset, count in bad.items():
+            share = count / seen[dataset] if seen[dataset] else 0.0
+            self.storage.put_scalar(f"bad_data/{dataset}/bad_record_share", share, smoothing_hint=False)
+
     def _write_metrics(self, gathered: list[dict[str, Any]]) -> None:
         storage = self.storage
+        self._write_record_problems(gathered)
         storage.put_scalar("data_time", max(entry["data_time"] for entry in gathered))
         totals = [sum(entry["losses"].values()) for entry in gathered]
         storage.put_scalar("total_loss", sum(totals) / len(totals))

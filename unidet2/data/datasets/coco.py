@@ -1,6 +1,7 @@
 """COCO-format datasets: any COCO json (:func:`register_dataset`), COCO 2017 instances and panoptic,
 Objects365 v2. Instances are parsed by detectron2's ``load_coco_json``; unidet2 adds the contiguous-id
-mapping with errors that name the file and annotation, and the record tags.
+mapping (an unknown category id keeps its annotation with category_id -1 and a warning naming the file and
+annotation; the training mapper drops it), and the record tags.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from detectron2.data.datasets import load_coco_json
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
 from .common import (
+    UNKNOWN_CATEGORY_ID,
     category_names,
     contiguous_id_map,
     read_json_categories,
@@ -23,6 +25,7 @@ from .common import (
     require_dir,
     require_file,
     resolve_path,
+    warn_unknown_categories,
 )
 
 logger = logging.getLogger(__name__)
@@ -129,7 +132,8 @@ def load_coco_instances(
 
     Raises:
         FileNotFoundError: json or image folder missing.
-        ValueError: an annotation's category id is not in the json's categories; class-list mismatch.
+        ValueError: class-list mismatch. (An annotation whose category id is not among the json's categories
+            is kept with category_id -1 and a warning: the training mapper drops it as "unknown_category".)
     """
     require_file(json_file, layout)
     require_dir(image_root, layout)
@@ -140,20 +144,17 @@ def load_coco_instances(
     records = load_coco_json(
         json_file, image_root, dataset_name=None, extra_annotation_keys=["id", *extra_annotation_keys]
     )
+    unknown = []
     for record in records:
         if file_name_fn is not None:
             relative = os.path.relpath(record["file_name"], image_root)
             record["file_name"] = file_name_fn(image_root, relative)
         for annotation in record["annotations"]:
-            annotation_id = annotation.pop("id", None)
             category_id = annotation["category_id"]
             if category_id not in id_map:
-                raise ValueError(
-                    f"'{json_file}': annotation id {annotation_id} (image id {record['image_id']}) has "
-                    f"category_id {category_id}, which is not among the json's category ids "
-                    f"{sorted(id_map)[:20]}{'...' if len(id_map) > 20 else ''}."
-                )
-            annotation["category_id"] = id_map[category_id]
+                unknown.append((annotation.get("id"), record["image_id"], category_id))
+            annotation["category_id"] = id_map.get(category_id, UNKNOWN_CATEGORY_ID)
+    warn_unknown_categories(json_file, unknown)
     return records
 
 
@@ -185,8 +186,9 @@ def load_panoptic_json(
 
     Raises:
         FileNotFoundError: json / folders missing, or the first record's image or PNG missing.
-        ValueError: a segment's category id is not in the json's categories, or the categories differ
-            from ``expected_categories`` (compared by id, name and isthing).
+        ValueError: the categories differ from ``expected_categories`` (compared by id, name and isthing).
+            A segment whose category id is not among the json's categories is kept with category_id -1 and
+            a warning (the training mapper drops it as "unknown_category").
     """
     require_file(json_file, layout)
     require_dir(image_root, layout)
@@ -211,6 +213,7 @@ def load_panoptic_json(
     images = {image["id"]: image for image in content.get("images", [])}
 
     records = []
+    unknown = []
     for annotation in content["annotations"]:
         image_id = annotation["image_id"]
         image = images.get(image_id)
@@ -235,22 +238,20 @@ def load_panoptic_json(
         for segment in annotation["segments_info"]:
             category_id = segment["category_id"]
             if category_id not in id_map:
-                raise ValueError(
-                    f"'{json_file}': segment id {segment['id']} of image {image_id} has category_id "
-                    f"{category_id}, which is not among the json's category ids."
-                )
+                unknown.append((segment.get("id"), image_id, category_id))
             segments.append(
                 {
                     "id": segment["id"],
-                    "category_id": id_map[category_id],
+                    "category_id": id_map.get(category_id, UNKNOWN_CATEGORY_ID),
                     "iscrowd": segment.get("iscrowd", 0),
                     "area": segment.get("area"),
                     "bbox": segment.get("bbox"),
-                    "isthing": is_thing[category_id],
+                    "isthing": is_thing.get(category_id, False),
                 }
             )
         record["segments_info"] = segments
         records.append(record)
+    warn_unknown_categories(json_file, unknown, "segment")
     if records:
         require_file(records[0]["file_name"], layout)
         require_file(records[0]["pan_seg_file_name"], layout)

@@ -28,6 +28,8 @@ __all__ = [
     "DATASETS_ROOT_ENV",
     "DEFAULT_DATASETS_ROOT",
     "TASKS",
+    "UNKNOWN_CATEGORY_ID",
+    "warn_unknown_categories",
     "DatasetLoader",
     "LazyMetadata",
     "get_datasets_root",
@@ -294,3 +296,26 @@ def contiguous_id_map(categories: Iterable[Mapping[str, Any]]) -> dict[int, int]
 def category_names(categories: Iterable[Mapping[str, Any]]) -> list[str]:
     """Category names in sorted-id order."""
     return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+
+
+# Category id of an annotation whose json category id is not among the json's categories. The loaders keep
+# such an annotation (so that the record, its image and its other annotations stay); the training mapper drops
+# it as "unknown_category" and counts it (unidet2.data.record_policy), and the data check lists it.
+UNKNOWN_CATEGORY_ID = -1
+
+
+def warn_unknown_categories(json_file: str, unknown: list[tuple[Any, Any, Any]], what: str = "annotation") -> None:
+    """Log once per file how many ``(annotation id, image id, json category id)`` have an unknown category."""
+    if not unknown:
+        return
+    shown = "; ".join(f"{what} id {a} (image id {i}): category_id {c}" for a, i, c in unknown[:5])
+    logger.warning(
+        "'%s': %d %s(s) have a category that is not among the file's categories (%s%s); they get "
+        "category_id %d and are dropped in training (reason unknown_category).",
+        json_file,
+        len(unknown),
+        what,
+        shown,
+        "; ..." if len(unknown) > 5 else "",
+        UNKNOWN_CATEGORY_ID,
+    )

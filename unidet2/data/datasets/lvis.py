@@ -18,6 +18,7 @@ from detectron2.data.datasets.lvis_v0_5_categories import LVIS_CATEGORIES as LVI
 from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES as LVIS_V1_CATEGORIES
 
 from .common import (
+    UNKNOWN_CATEGORY_ID,
     category_names,
     contiguous_id_map,
     read_json_categories,
@@ -25,6 +26,7 @@ from .common import (
     require_dir,
     require_file,
     resolve_path,
+    warn_unknown_categories,
 )
 
 __all__ = [
@@ -85,7 +87,8 @@ def load_lvis_instances(
 
     Raises:
         FileNotFoundError: json or image folder missing.
-        ValueError: an annotation / image refers to a category id not in the json; malformed entries.
+        ValueError: an image's neg/not-exhaustive category ids are not in the json; malformed entries. (An
+            annotation of an unknown category is kept with category_id -1 and a warning; training drops it.)
     """
     require_file(json_file, layout)
     require_dir(image_root, layout)
@@ -118,25 +121,25 @@ def load_lvis_instances(
             )
         return sorted(id_map[c] for c in category_ids)
 
+    unknown = []
     for record in records:
         image_id = record["image_id"]
         for annotation in record["annotations"]:
-            annotation_id = annotation.pop("id")
             # detectron2 converted "category_id" to json id - 1 (it assumes ids 1..K); undo and re-map so
-            # that jsons with other id sets work and unknown ids are reported.
+            # that jsons with other id sets work and unknown ids are reported (and dropped in training).
             category_id = annotation["category_id"] + 1
             if category_id not in id_map:
-                raise ValueError(
-                    f"'{json_file}': annotation id {annotation_id} (image id {image_id}) has category_id "
-                    f"{category_id}, which is not among the json's category ids."
-                )
-            annotation["category_id"] = id_map[category_id]
+                unknown.append((annotation.get("id"), image_id, category_id))
+            annotation["category_id"] = id_map.get(category_id, UNKNOWN_CATEGORY_ID)
             annotation["iscrowd"] = 0
         record["neg_category_ids"] = to_contiguous(record["neg_category_ids"], "neg_category_ids", image_id)
         record["not_exhaustive_category_ids"] = to_contiguous(
             record["not_exhaustive_category_ids"], "not_exhaustive_category_ids", image_id
         )
-        record["pos_category_ids"] = sorted({a["category_id"] for a in record["annotations"]})
+        record["pos_category_ids"] = sorted(
+            {a["category_id"] for a in record["annotations"] if a["category_id"] != UNKNOWN_CATEGORY_ID}
+        )
+    warn_unknown_categories(json_file, unknown)
     return records
 
 

@@ -27,12 +27,14 @@ from PIL import Image
 
 from .coco import load_coco_instances
 from .common import (
+    UNKNOWN_CATEGORY_ID,
     contiguous_id_map,
     read_json_categories,
     register_lazy_dataset,
     require_dir,
     require_file,
     resolve_path,
+    warn_unknown_categories,
 )
 
 logger = logging.getLogger(__name__)
@@ -183,18 +185,21 @@ def load_openimages_csv(
     require_dir(image_root, OPENIMAGES_LAYOUT)
 
     boxes: dict[str, list[tuple[float, float, float, float, int, bool]]] = defaultdict(list)
+    unknown = []
     for line_number, row in _read_csv_rows(bbox_csv):
         mid = row.get("LabelName")
         if mid not in mid_to_id:
-            raise ValueError(
-                f"'{bbox_csv}' line {line_number} (ImageID {row.get('ImageID')}): LabelName {mid!r} is not in "
-                f"the class list '{class_descriptions_csv}'."
-            )
+            unknown.append((f"line {line_number}", row.get("ImageID"), mid))
         try:
             x0, x1, y0, y1 = (float(row[k]) for k in ("XMin", "XMax", "YMin", "YMax"))
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"'{bbox_csv}' line {line_number}: bad box coordinates ({error}).") from error
-        boxes[row["ImageID"]].append((x0, y0, x1, y1, mid_to_id[mid], row.get("IsGroupOf", "0") == "1"))
+            # kept as a non-finite box, which the training mapper drops and counts (degenerate_box)
+            logger.warning("'%s' line %d: bad box coordinates (%s); the box is dropped in training", bbox_csv,
+                           line_number, error)
+            x0 = x1 = y0 = y1 = float("nan")
+        category_id = mid_to_id.get(mid, UNKNOWN_CATEGORY_ID)
+        boxes[row["ImageID"]].append((x0, y0, x1, y1, category_id, row.get("IsGroupOf", "0") == "1"))
+    warn_unknown_categories(bbox_csv, unknown, "box")
 
     positives: dict[str, set[int]] = defaultdict(set)
     negatives: dict[str, set[int]] = defaultdict(set)
