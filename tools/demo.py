@@ -4,7 +4,8 @@
         --checkpoint output/scaledet_demo/model_final.pth --vocabulary "cat,dog,traffic cone" \
         --input photos/*.jpg --output output/demo_predictions
 
-The vocabulary is encoded with the text encoder named by ``--encoder`` (the embeddings are cached, so a
+Images are preprocessed as the config's test loader does (its mapper's augmentations and image format). The
+vocabulary is encoded with the text encoder named by ``--encoder`` (the embeddings are cached, so a
 vocabulary is encoded once). Each image is written with its predicted boxes and class names drawn by
 detectron2's Visualizer, and the predictions as JSON next to it.
 """
@@ -22,11 +23,14 @@ from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
+from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from unidet2.engine.checkpoint import Checkpointer
+from unidet2.engine.cli import reject_renamed_flags
 from unidet2.engine.config import load_config
+from unidet2.evaluation.contract import test_time_preprocessing
 from unidet2.modeling import find_text_classifiers, set_vocabulary
 
 logger = logging.getLogger("unidet2.demo")
@@ -41,12 +45,16 @@ def parse_vocabulary(text: str) -> list[str]:
     return names
 
 
-def predict(model, image_bgr: np.ndarray, min_size: int, max_size: int):
-    """One image (H, W, 3) BGR uint8 -> detectron2 Instances in the image's own size."""
-    resized = T.ResizeShortestEdge(min_size, max_size).get_transform(image_bgr).apply_image(image_bgr)
-    tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+def predict(model, image: np.ndarray, augmentations: list) -> Instances:
+    """One image (H, W, 3) uint8 in the model's input format -> detectron2 Instances in the image's own size.
+
+    ``augmentations`` are the config's test-time ones (:func:`unidet2.evaluation.test_time_preprocessing`).
+    """
+    aug_input = T.AugInput(image)
+    T.AugmentationList(augmentations)(aug_input)
+    tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
     with torch.no_grad():
-        (output,) = model([{"image": tensor, "height": image_bgr.shape[0], "width": image_bgr.shape[1]}])
+        (output,) = model([{"image": tensor, "height": image.shape[0], "width": image.shape[1]}])
     return output["instances"].to("cpu")
 
 
@@ -59,9 +67,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--output", type=Path, default=Path("output/demo_predictions"))
     parser.add_argument("--encoder", default="minilm", help="text encoder: minilm (offline), openclip, ...")
     parser.add_argument("--score-threshold", type=float, default=0.3)
-    parser.add_argument("--min-size", type=int, default=192)
-    parser.add_argument("--max-size", type=int, default=320)
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    reject_renamed_flags(parser, {"--min-size": "the config's test mapper (key=value overrides)",
+                                  "--max-size": "the config's test mapper (key=value overrides)"})
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -73,14 +81,16 @@ def main(argv=None) -> list[dict]:
     Checkpointer(model).load(args.checkpoint)
     set_vocabulary(model, vocabulary, encoder=args.encoder)
     metadata = MetadataCatalog.get("__unidet2_demo__").set(thing_classes=vocabulary)
+    augmentations, image_format = test_time_preprocessing(cfg)
 
     args.output.mkdir(parents=True, exist_ok=True)
     results = []
     for path in args.input:
-        image = read_image(path, format="BGR")
-        instances = predict(model, image, args.min_size, args.max_size)
+        image = read_image(path, format=image_format)
+        instances = predict(model, image, augmentations)
         instances = instances[instances.scores >= args.score_threshold]
-        drawn = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances).get_image()
+        rgb = read_image(path, format="RGB")
+        drawn = Visualizer(rgb, metadata).draw_instance_predictions(instances).get_image()
         stem = Path(path).stem
         Image.fromarray(drawn).save(args.output / f"{stem}.png")
         detections = [

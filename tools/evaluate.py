@@ -1,10 +1,10 @@
 """Evaluate a trained checkpoint of a unidet2 LazyConfig on registered datasets, or on ODinW-13.
 
-    python tools/evaluate.py --config-file CFG --ckpt model_final.pth                      # the config's test sets
-    python tools/evaluate.py --config-file CFG --ckpt CKPT --datasets coco_2017_val lvis_v1_val
-    python tools/evaluate.py --config-file CFG --ckpt CKPT --odinw                          # ODinW-13 direct transfer
-    python tools/evaluate.py --config-file CFG --ckpt CKPT --odinw-finetune full 1 3 5 10   # ODinW-13 fine-tuning
-    python tools/evaluate.py --config-file CFG --ckpt CKPT --num-gpus 2 [key=value ...]     # 2 processes
+    python tools/evaluate.py --config-file CFG --checkpoint model_final.pth                      # the config's test sets
+    python tools/evaluate.py --config-file CFG --checkpoint CKPT --datasets coco_2017_val lvis_v1_val
+    python tools/evaluate.py --config-file CFG --checkpoint CKPT --odinw                          # ODinW-13 direct transfer
+    python tools/evaluate.py --config-file CFG --checkpoint CKPT --odinw-finetune full 1 3 5 10   # ODinW-13 fine-tuning
+    python tools/evaluate.py --config-file CFG --checkpoint CKPT --num-gpus 2 [key=value ...]     # 2 processes
 
 Each dataset is read with the config's test loader (``dataloader.test`` / ``dataloader.test_loader`` with its
 ``dataset.names`` replaced) and evaluated by ``unidet2.evaluation.build_evaluator`` (by the dataset's
@@ -39,6 +39,7 @@ from detectron2.utils.logger import setup_logger
 
 from unidet2.data.datasets.odinw import ODINW13, ODINW13_EVAL_DATASETS, ODINW_FEWSHOT_SEEDS
 from unidet2.engine import load_config
+from unidet2.engine.cli import reject_renamed_flags
 from unidet2.engine.finetune import DatasetFinetuner, FinetuneSchedule
 from unidet2.engine.run import launch_from_args, register_config_datasets, resolve_device
 from unidet2.evaluation import ResultTable, evaluate_dataset
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = default_argument_parser()  # --config-file, --num-gpus, --num-machines, --dist-url, opts, ...
     parser.description = __doc__.split("\n\n")[0]
     parser.epilog = None  # detectron2's examples are for its yacs configs (MODEL.WEIGHTS ...), not LazyConfig
-    parser.add_argument("--ckpt", required=True, help="checkpoint to evaluate (DetectionCheckpointer format)")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint to evaluate (DetectionCheckpointer format)")
+    reject_renamed_flags(parser)
     parser.add_argument("--datasets", nargs="+", default=None, help="registered dataset names")
     parser.add_argument("--odinw", action="store_true", help="ODinW-13 direct transfer (GLIP's eval splits)")
     finetune = parser.add_argument_group("ODinW-13 fine-tuning (unidet2.engine.finetune)")
@@ -141,15 +143,15 @@ def main(args: argparse.Namespace) -> dict:
         setup_logger(output_dir, distributed_rank=rank, name=name, abbrev_name=name)
 
     register_config_datasets(cfg)
-    if not os.path.isfile(args.ckpt):
-        raise FileNotFoundError(f"Checkpoint not found: '{args.ckpt}'")
+    if not os.path.isfile(args.checkpoint):
+        raise FileNotFoundError(f"Checkpoint not found: '{args.checkpoint}'")
     if args.odinw_finetune:
         return _odinw_finetune(args, cfg, output_dir)
 
     device = resolve_device(cfg.train.device)
     model = instantiate(cfg.model).to(device)
-    DetectionCheckpointer(model).load(args.ckpt)
-    logger.info("Evaluating %s (%s) on %s", args.ckpt, args.config_file, device)
+    DetectionCheckpointer(model).load(args.checkpoint)
+    logger.info("Evaluating %s (%s) on %s", args.checkpoint, args.config_file, device)
 
     if args.odinw:
         table = evaluate_odinw(
@@ -211,10 +213,10 @@ def _odinw_finetune(args: argparse.Namespace, cfg, output_dir: str) -> dict:
         datasets=_odinw_datasets(args.datasets),
         few_shot_source=args.few_shot_source,
     )
-    logger.info("ODinW fine-tuning from %s: %d runs, %s", args.ckpt, len(runs), schedule)
+    logger.info("ODinW fine-tuning from %s: %d runs, %s", args.checkpoint, len(runs), schedule)
     tables = run_odinw_finetuning(
         runs,
-        DatasetFinetuner(cfg, args.ckpt, schedule),
+        DatasetFinetuner(cfg, args.checkpoint, schedule),
         cfg,
         output_dir=os.path.join(output_dir, "odinw_finetune"),
         backend=args.backend,
@@ -226,8 +228,8 @@ def _odinw_finetune(args: argparse.Namespace, cfg, output_dir: str) -> dict:
 def cli() -> None:
     parser = build_parser()
     args = parser.parse_args()
-    if not os.path.isfile(args.ckpt):
-        parser.error(f"checkpoint not found: {args.ckpt}")
+    if not os.path.isfile(args.checkpoint):
+        parser.error(f"checkpoint not found: {args.checkpoint}")
     if args.odinw and args.odinw_finetune:
         parser.error("--odinw (direct transfer) and --odinw-finetune are separate runs: give one of them")
     if args.odinw_finetune:

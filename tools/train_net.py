@@ -15,6 +15,7 @@ import argparse
 
 from detectron2.engine import default_argument_parser
 
+from unidet2.engine.cli import reject_renamed_flags
 from unidet2.engine.run import launch_from_args
 from unidet2.engine.run import main as run_main
 
@@ -25,6 +26,7 @@ def main(args: argparse.Namespace) -> dict:
 
 def cli() -> None:
     parser = default_argument_parser()
+    reject_renamed_flags(parser)
     launch_from_args(main, parser, parser.parse_args())
 
 

@@ -57,7 +57,7 @@ def test_cli_evaluates_datasets(tmp_path, data_root):
     config, checkpoint = _write_config(tmp_path, data_root, "tool_coco")
     output = tmp_path / "eval"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, str(TOOL), "--config-file", config, "--ckpt", checkpoint, "--output", str(output),
+    command = [sys.executable, str(TOOL), "--config-file", config, "--checkpoint", checkpoint, "--output", str(output),
                "--datasets", "tool_coco", "tool_lvis", "--no-progress"]  # fmt: skip
     completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -73,7 +73,8 @@ def test_cli_evaluates_datasets(tmp_path, data_root):
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, data_root, monkeypatch, capsys):
     config, _ = _write_config(tmp_path, data_root, "tool_coco")
-    monkeypatch.setattr(sys, "argv", ["evaluate.py", "--config-file", config, "--ckpt", str(tmp_path / "nope.pth")])
+    missing = str(tmp_path / "nope.pth")
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", "--config-file", config, "--checkpoint", missing])
     tool = runpy.run_path(str(TOOL), run_name="evaluate_tool")
     with pytest.raises(SystemExit):
         tool["cli"]()
@@ -90,7 +91,7 @@ def test_odinw_mode(tmp_path, data_root, monkeypatch):
     config, checkpoint = _write_config(tmp_path, data_root, "odinw_pascalvoc_val")
     tool = runpy.run_path(str(TOOL), run_name="evaluate_tool")
     args = tool["build_parser"]().parse_args(
-        ["--config-file", config, "--ckpt", checkpoint, "--odinw", "--output", str(tmp_path / "odinw"),
+        ["--config-file", config, "--checkpoint", checkpoint, "--odinw", "--output", str(tmp_path / "odinw"),
          "--no-progress", "--datasets", "odinw_rabbits_val", "odinw_egohands_minival"]
     )  # fmt: skip
     summary = tool["main"](args)

@@ -194,7 +194,7 @@ def test_evaluate_tool_runs_the_protocol(base, odinw_root, tmp_path):
     )
     output = tmp_path / "eval"
     command = [
-        sys.executable, str(REPO / "tools" / "evaluate.py"), "--config-file", str(config), "--ckpt", checkpoint,
+        sys.executable, str(REPO / "tools" / "evaluate.py"), "--config-file", str(config), "--checkpoint", checkpoint,
         "--output", str(output), "--no-progress", "--odinw-finetune", "1", "--odinw-seeds", "3", "30",
         "--datasets", "odinw_rabbits_val", "--finetune-epochs", "1", "--finetune-repeat", "4", *overrides,
     ]  # fmt: skip

@@ -5,7 +5,8 @@ config is a LazyCall whose ``dataset.names`` is the (single) dataset name, e.g.
 ``L(build_detection_test_loader)(dataset=L(get_detection_dataset_dicts)(names="coco_2017_val"), ...)``. A plain
 name is expanded from the template ``cfg.dataloader.test_loader`` (its ``dataset.names`` set to it).
 
-A leaf module (omegaconf only), read by the evaluation tools, the engine and the launcher alike.
+A leaf module (omegaconf; detectron2 only to instantiate augmentations), read by the evaluation tools, the
+engine and the launcher alike.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-__all__ = ["has_test_sets", "list_test_sets", "test_loader_config"]
+__all__ = ["has_test_sets", "list_test_sets", "test_loader_config", "test_time_preprocessing"]
 
 
 def _is_sequence(value: Any) -> bool:
@@ -88,3 +89,26 @@ def test_loader_config(cfg: DictConfig, dataset_name: str) -> DictConfig:
     loader_cfg = copy.deepcopy(template)
     loader_cfg.dataset.names = dataset_name
     return loader_cfg
+
+
+def test_time_preprocessing(cfg: DictConfig, dataset_name: str | None = None) -> tuple[list, str]:
+    """The test mapper's augmentations (instantiated) and image format, for tools that feed images themselves.
+
+    Read from the loader of ``dataset_name`` (default: the first test set, else ``dataloader.test_loader``), so a
+    demo resizes exactly as the evaluation does.
+
+    Returns:
+        (augmentations, image_format): a list of detectron2 ``Augmentation`` and e.g. "BGR".
+    """
+    from detectron2.config import instantiate
+
+    if dataset_name is not None:
+        loader_cfg = test_loader_config(cfg, dataset_name)
+    else:
+        sets = list_test_sets(cfg)
+        loader_cfg = sets[0][1] if sets else (cfg.get("dataloader") or {}).get("test_loader")
+    mapper = loader_cfg.get("mapper") if isinstance(loader_cfg, DictConfig) else None
+    if mapper is None or mapper.get("augmentations") is None:
+        raise KeyError("the config's test loader has no mapper.augmentations to preprocess images with")
+    augmentations = instantiate(copy.deepcopy(mapper.augmentations))
+    return list(augmentations), str(mapper.get("image_format", "BGR"))

@@ -1,4 +1,4 @@
-"""ODinW-13 protocols (GLIP's benchmark, ``odinw.md``): direct transfer, full-shot and few-shot fine-tuning.
+"""ODinW-13 protocols (GLIP's benchmark): direct transfer, full-shot and few-shot fine-tuning.
 
 * **Direct transfer** (:func:`evaluate_odinw`): no ODinW training; before each dataset the model's text
   classifiers get the dataset's class names (normalised for prompting by the registration: lower case,

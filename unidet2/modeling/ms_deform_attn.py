@@ -11,7 +11,8 @@ never compiles, never imports a CUDA extension and never fails):
   compile under ``"auto"`` is logged once and the call falls back to ``"pytorch"``.
 
 Unlike detrex/Deformable-DETR there is no hand-written CUDA extension: the recurring failure of those
-(``No module named 'MultiScaleDeformableAttention'``, ABI and arch mismatches, see anchors.md §9.1) is
+(``No module named 'MultiScaleDeformableAttention'``, ABI and arch mismatches after a CUDA or torch upgrade, as
+reported again and again in the detrex and Deformable-DETR issue trackers) is
 exactly what a compiled-at-run-time path avoids. ``available_backends()`` reports what can run here
 (``python -m unidet2.env`` prints it).
 

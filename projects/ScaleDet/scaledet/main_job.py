@@ -30,6 +30,7 @@ from unidet2.data.synthetic import generate_synthetic, load_manifest, register_s
 from unidet2.data.text_embeddings import get_text_embeddings, save_text_embeddings
 
 DEMO_CONFIG = "projects/ScaleDet/configs/scaledet_demo_synthetic.py"
+QUICKSTART_CONFIG = "projects/ScaleDet/configs/scaledet_quickstart_synthetic.py"
 logger = logging.getLogger(__name__)
 
 
@@ -135,7 +136,8 @@ def plot_training_curves(metrics_file: Path, out_png: Path) -> None:
     plt.close(fig)
 
 
-def visualize(model, dataset_names: list[str], out_dir: Path, images_per_dataset: int, vocabulary_kwargs: dict):
+def visualize(model, cfg, dataset_names: list[str], out_dir: Path, images_per_dataset: int, vocabulary_kwargs: dict):
+    """Draw the predictions (score > 0.3) on the first images of each dataset, preprocessed as its test loader."""
     import torch
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data import transforms as T
@@ -143,23 +145,26 @@ def visualize(model, dataset_names: list[str], out_dir: Path, images_per_dataset
     from detectron2.utils.visualizer import Visualizer
     from PIL import Image
 
+    from unidet2.evaluation.contract import test_time_preprocessing
     from unidet2.modeling.vocabulary import dataset_vocabulary
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    resize = T.ResizeShortestEdge(192, 320)
     model.eval()
     written = []
     for name in dataset_names:
         metadata = MetadataCatalog.get(name)
+        augmentations, image_format = test_time_preprocessing(cfg, name)
         with dataset_vocabulary(model, name, **vocabulary_kwargs), torch.no_grad():
             for record in DatasetCatalog.get(name)[:images_per_dataset]:
-                image = read_image(record["file_name"], format="BGR")
-                resized = resize.get_transform(image).apply_image(image)
-                tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+                image = read_image(record["file_name"], format=image_format)
+                aug_input = T.AugInput(image)
+                T.AugmentationList(augmentations)(aug_input)
+                tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
                 (output,) = model([{"image": tensor, "height": image.shape[0], "width": image.shape[1]}])
                 instances = output["instances"].to("cpu")
                 instances = instances[instances.scores > 0.3]
-                visual = Visualizer(image[:, :, ::-1], metadata.set(thing_classes=list(metadata.vocabulary)))
+                rgb = read_image(record["file_name"], format="RGB")
+                visual = Visualizer(rgb, metadata.set(thing_classes=list(metadata.vocabulary)))
                 path = out_dir / f"{name}_{Path(record['file_name']).stem}.png"
                 Image.fromarray(visual.draw_instance_predictions(instances).get_image()).save(path)
                 written.append(path)
@@ -199,6 +204,7 @@ def run_main_job(
     from unidet2.engine.checkpoint import Checkpointer
     from unidet2.engine.config import load_config
     from unidet2.engine.run import run, setup
+    from unidet2.modeling.vocabulary import vocabulary_options
 
     output, data_root = Path(output), Path(data_root)
     start = time.perf_counter()
@@ -239,8 +245,8 @@ def run_main_job(
 
     model = instantiate(cfg.model)
     Checkpointer(model, str(output)).resume_or_load(summary["checkpoint"], resume=False)
-    pictures = visualize(model, upstream + downstream, output / "visualizations", images_per_dataset,
-                         {"encoder": encoder})
+    pictures = visualize(model, cfg, upstream + downstream, output / "visualizations", images_per_dataset,
+                         vocabulary_options(cfg))
     logger.info("AP table:\n%s", table)
     logger.info("wrote %s, ap_table.json, training_curves.png and %d images in %s; %.1f min, peak RSS %.2f GiB",
                 output / "ap_table.md", len(pictures), output / "visualizations", wall / 60, training_peak_rss)

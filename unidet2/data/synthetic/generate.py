@@ -8,6 +8,8 @@ import shutil
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from .builders import build_dataset
 from .specs import PRESETS
 
@@ -50,7 +52,8 @@ def generate_synthetic(out_dir: str | Path, seed: int = 0, preset: str = "test",
 
     start = time.perf_counter()
     entries: list[dict] = []
-    for spec in PRESETS[preset].datasets:
+    for spec in tqdm(PRESETS[preset].datasets, desc=f"generating synthetic preset {preset!r}", unit="dataset",
+                     dynamic_ncols=True):
         spec_start = time.perf_counter()
         new_entries = build_dataset(spec, out, seed)
         entries += new_entries
