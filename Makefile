@@ -115,3 +115,11 @@ train-stage3: install
 
 train-longtail: install
 	$(LONGTAIL_STAGES) all
+
+# Data check before a long run (DATASETS.md): every dataset CONFIG trains or tests on, its files, annotations,
+# label space, embeddings and sampling; CHECK_ARGS="--decode --workers 8" also decodes every image and PNG.
+.PHONY: check-data
+CHECK_ARGS ?=
+check-data: install
+	@test -n "$(CONFIG)" || { echo "usage: make check-data CONFIG=<LazyConfig .py> [CHECK_ARGS='--decode --workers 8']"; exit 2; }
+	$(PY) -m unidet2.data.check --config-file $(CONFIG) $(CHECK_ARGS)

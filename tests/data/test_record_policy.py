@@ -7,47 +7,14 @@ unknown category and an undecodable image.
 """
 
 import json
-import uuid
-from pathlib import Path
 
 import pytest
 import torch
-from tiny_coco import BAD_ANNOTATION_IDS, EXPECTED_REASONS
+from tiny_coco import BAD_ANNOTATION_IDS, EXPECTED_REASONS, write_tiny_config
 
 from unidet2.data.mapper import BadRecordError
 from unidet2.data.record_policy import PROBLEMS_KEY, RecordProblemStats, TooManyBadRecordsError
 from unidet2.engine.run import main as run_main
-
-CONFIG = '''
-import torch
-from detectron2.config import LazyCall as L
-from detectron2.solver import get_default_optimizer_params
-
-from tiny_coco import TinyBoxCounter, register_tiny_coco
-from unidet2.data.build import build_multi_dataset_train_loader
-from unidet2.data.mapper import MultiDatasetMapper
-from unidet2.engine.config import get_train_defaults
-
-model = L(TinyBoxCounter)(num_classes=3)
-dataset_registration = {{"tiny": L(register_tiny_coco)(name="{name}", root="{root}")}}
-dataloader = {{
-    "train": L(build_multi_dataset_train_loader)(
-        dataset_names=["{name}"],
-        mapper=L(MultiDatasetMapper)(is_train=True, augmentations=[], image_format="BGR", skip_bad_records=True),
-        ratios=[1.0],
-        total_batch_size=3,
-        num_workers=1,
-        seed=0,
-        max_bad_fraction=0.9,
-        min_records_for_limit=12,
-    ),
-    "test": [],
-}}
-optimizer = L(torch.optim.SGD)(params=L(get_default_optimizer_params)(), lr=0.01)
-train = get_train_defaults()
-train.update(output_dir="{output}", max_iter=10, device="cpu", seed=0, log_period=1,
-             checkpointer={{"period": 5, "max_to_keep": None}})
-'''
 
 
 def _problem(dataset, reason, level="instance"):
@@ -98,16 +65,8 @@ def test_stats_stop_past_the_limit_after_min_records():
 
 
 # ------------------------------------------------------------------------------------------------ training
-def _write_config(tmp_path: Path) -> tuple[str, str, Path]:
-    name = f"tiny_bad_coco_{uuid.uuid4().hex[:8]}"
-    output = tmp_path / "output"
-    config = tmp_path / "tiny_bad_coco.py"
-    config.write_text(CONFIG.format(name=name, root=tmp_path / "data", output=output))
-    return str(config), name, output
-
-
 def test_training_on_bad_data_completes_and_reports_the_four_counts(tmp_path):
-    config, name, output = _write_config(tmp_path)
+    config, name, output = write_tiny_config(tmp_path)
     summary = run_main(config)
     assert summary["last_iteration"] == 9
 
@@ -138,7 +97,7 @@ def test_training_on_bad_data_completes_and_reports_the_four_counts(tmp_path):
 
 
 def test_strict_mode_and_the_limit_stop_training(tmp_path):
-    config, name, _ = _write_config(tmp_path)
+    config, name, _ = write_tiny_config(tmp_path)
     with pytest.raises(BadRecordError, match=r"file_name=.*dataset '" + name):
         run_main(config, ["dataloader.train.mapper.skip_bad_records=False", "train.output_dir=" + str(tmp_path / "s")])
     with pytest.raises(TooManyBadRecordsError, match=r"max_bad_fraction=10.00%") as info:

@@ -15,6 +15,7 @@ loop on mapper outputs in a fraction of a second per step.
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,58 @@ class TinyBoxCounter(nn.Module):
             [torch.bincount(x["instances"].gt_classes, minlength=self.num_classes).float() for x in batched_inputs]
         )
         return {"loss_count": nn.functional.mse_loss(predictions, targets.to(self.device))}
+
+
+CONFIG = """
+import torch
+from detectron2.config import LazyCall as L
+from detectron2.solver import get_default_optimizer_params
+
+from tiny_coco import TinyBoxCounter, register_tiny_coco
+from unidet2.data.build import build_multi_dataset_train_loader
+from unidet2.data.label_space import UnifiedLabelSpace
+from unidet2.data.mapper import MultiDatasetMapper
+from unidet2.engine.config import get_train_defaults
+
+model = L(TinyBoxCounter)(num_classes=3)
+dataset_registration = {{"tiny": L(register_tiny_coco)(name="{name}", root="{root}", bad={bad})}}
+dataloader = {{
+    "train": L(build_multi_dataset_train_loader)(
+        dataset_names=["{name}"],
+        mapper=L(MultiDatasetMapper)(
+            is_train=True, augmentations=[], image_format="BGR", skip_bad_records=True, label_map={label_map}
+        ),
+        ratios=[1.0],
+        total_batch_size=3,
+        num_workers=1,
+        seed=0,
+        max_bad_fraction={max_bad_fraction},
+        min_records_for_limit=12,
+    ),
+    "test": [],
+}}
+labels = {{"embeddings_file": "{embeddings}"}}
+optimizer = L(torch.optim.SGD)(params=L(get_default_optimizer_params)(), lr=0.01)
+train = get_train_defaults()
+train.update(output_dir="{output}", max_iter=10, device="cpu", seed=0, log_period=1,
+             checkpointer={{"period": 5, "max_to_keep": None}})
+"""
+
+
+def write_tiny_config(
+    directory: Path, *, bad: bool = True, label_space_file: str | None = None, embeddings_file: str = "",
+    max_bad_fraction: float = 0.9,
+) -> tuple[str, str, Path]:  # fmt: skip
+    """A LazyConfig training TinyBoxCounter on a fresh tiny set under ``directory``: (config path, dataset name,
+    output dir). ``label_space_file`` adds a UnifiedLabelSpace label map, ``embeddings_file`` a
+    ``labels.embeddings_file`` key (what the data check compares with the label space)."""
+    name = f"tiny_{'bad' if bad else 'clean'}_coco_{uuid.uuid4().hex[:8]}"
+    output = directory / "output"
+    label_map = "None" if label_space_file is None else f'L(UnifiedLabelSpace.load_json)(path="{label_space_file}")'
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / f"{name}.py"
+    config.write_text(
+        CONFIG.format(name=name, root=directory / "data", bad=bad, output=output, label_map=label_map,
+                      embeddings=embeddings_file, max_bad_fraction=max_bad_fraction)  # fmt: skip
+    )
+    return str(config), name, output

@@ -25,6 +25,7 @@ naming the file, image id, annotation and dataset.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -362,6 +363,58 @@ class MultiDatasetMapper:
             out[PROBLEMS_KEY] = problems
         return out
 
+    def check_record(self, record: Mapping, *, decode: bool = True) -> list[tuple[str, str, str, str]]:
+        """Every problem the training mapping finds in ``record`` (used by ``python -m unidet2.data.check``).
+
+        Args:
+            record: one record (not modified).
+            decode: True maps the record as training does (image and label PNGs decoded, sizes compared);
+                False only checks that its files exist and validates its annotations against the record's
+                height/width and the label map, reading no file.
+
+        Returns:
+            list of ``(dataset_name, reason, level, message)``; a record-level problem comes alone.
+        """
+        if not (self.is_train and self.skip_bad_records):
+            raise ValueError("check_record needs a training mapper with skip_bad_records=True")
+        self._record_problems = []
+        try:
+            if decode:
+                self._map(record)
+            else:
+                self._check_without_decoding(record)
+        except BadRecordError as error:
+            return [(str(record.get("dataset_name")), error.reason, "record", str(error))]
+        finally:
+            problems, self._record_problems = self._record_problems, []
+        return problems
+
+    def _check_without_decoding(self, record: Mapping) -> None:
+        task = record.get("task")
+        if task not in TASKS:
+            raise ValueError(f"record file_name={record.get('file_name')!r} has task {task!r}; expected one of {TASKS}")
+        files = [("file_name", "image")]
+        if task == "panoptic":
+            files.append(("pan_seg_file_name", "panoptic PNG"))
+        elif task == "semantic":
+            files.append(("sem_seg_file_name", "semantic PNG"))
+        for key, what in files:
+            path = record.get(key)
+            if not path:
+                raise self._error(record, "malformed_record", f"record has no {what}")
+            if not os.path.isfile(path):
+                raise self._error(record, "missing_file", f"{what} {path!r} does not exist")
+        if record.get("height") is None or record.get("width") is None:
+            raise self._error(record, "malformed_record", "record has no height/width")
+        label_map = self._label_map_for(record.get("dataset_name"))
+        if task in ("instance", "detection", "box"):
+            self._checked_boxes(record, task, label_map, int(record["height"]), int(record["width"]))
+        elif task == "panoptic":
+            segments = record.get("segments_info")
+            if segments is None:
+                raise self._error(record, "malformed_record", "panoptic record has no 'segments_info'")
+            self._checked_segments(record, segments, label_map)
+
     def _drop_instance(self, error: BadRecordError, dataset_name: str | None) -> None:
         """Record an instance-level problem (or raise it in strict mode)."""
         if not self.skip_bad_records:
@@ -501,7 +554,38 @@ class MultiDatasetMapper:
 
     # instance / detection / box --------------------------------------------------------------------------
     def _map_boxes(self, record, out, image, task, label_map, augmentations, reverse_channels):
-        height, width = image.shape[:2]
+        boxes, classes, segmentations = self._checked_boxes(record, task, label_map, *image.shape[:2])
+        aug_input = T.AugInput(image, boxes=boxes)
+        transforms = augmentations(aug_input)
+        image = aug_input.image
+        new_height, new_width = image.shape[:2]
+        self._finish_image(out, image, reverse_channels)
+
+        boxes = aug_input.boxes.reshape(-1, 4) if len(classes) else np.zeros((0, 4))
+        boxes = np.clip(boxes, 0, [new_width, new_height, new_width, new_height])
+        # detectron2's filter_empty_instances rule (box sides > 1e-5, non-empty mask), applied before the
+        # masks are decoded so that instances cropped away cost nothing
+        keep = ((boxes[:, 2] - boxes[:, 0]) > 1e-5) & ((boxes[:, 3] - boxes[:, 1]) > 1e-5)
+        masks = None
+        if segmentations is not None:
+            masks, keep = self._rasterize(segmentations, transforms, new_height, new_width, keep)
+        instances = Instances((new_height, new_width))
+        instances.gt_boxes = Boxes(torch.as_tensor(boxes[keep], dtype=torch.float32))
+        instances.gt_classes = torch.as_tensor(classes[keep], dtype=torch.int64)
+        if masks is not None:
+            instances.gt_masks = BitMasks(torch.from_numpy(masks))
+            if self.recompute_boxes:
+                instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
+        out["instances"] = instances
+        return out
+
+    def _checked_boxes(self, record, task, label_map, height: int, width: int):
+        """The usable non-crowd instances of an instance/detection/box record (bad ones dropped or raised).
+
+        Returns:
+            boxes float64 (N, 4) XYXY_ABS, unified classes int64 (N,), and for "instance" the N validated
+            segmentations (polygons or decoded masks), else None.
+        """
         annotations = record.get("annotations")
         if annotations is None:
             raise self._error(record, "malformed_record", f"{task} record has no 'annotations' list")
@@ -580,32 +664,8 @@ class MultiDatasetMapper:
                     self._drop_instance(error, dataset_name)
 
         positions = np.flatnonzero(valid)
-        boxes, classes = boxes[positions], classes[positions]
-        aug_input = T.AugInput(image, boxes=boxes)
-        transforms = augmentations(aug_input)
-        image = aug_input.image
-        new_height, new_width = image.shape[:2]
-        self._finish_image(out, image, reverse_channels)
-
-        boxes = aug_input.boxes.reshape(-1, 4) if len(positions) else np.zeros((0, 4))
-        boxes = np.clip(boxes, 0, [new_width, new_height, new_width, new_height])
-        # detectron2's filter_empty_instances rule (box sides > 1e-5, non-empty mask), applied before the
-        # masks are decoded so that instances cropped away cost nothing
-        keep = ((boxes[:, 2] - boxes[:, 0]) > 1e-5) & ((boxes[:, 3] - boxes[:, 1]) > 1e-5)
-        masks = None
-        if task == "instance":
-            masks, keep = self._rasterize(
-                [segmentations[int(p)] for p in positions], transforms, new_height, new_width, keep
-            )
-        instances = Instances((new_height, new_width))
-        instances.gt_boxes = Boxes(torch.as_tensor(boxes[keep], dtype=torch.float32))
-        instances.gt_classes = torch.as_tensor(classes[keep], dtype=torch.int64)
-        if masks is not None:
-            instances.gt_masks = BitMasks(torch.from_numpy(masks))
-            if self.recompute_boxes:
-                instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
-        out["instances"] = instances
-        return out
+        kept_segmentations = [segmentations[int(p)] for p in positions] if task == "instance" else None
+        return boxes[positions], classes[positions], kept_segmentations
 
     def _check_segmentation(self, record, ann, height, width, index, ann_id):
         """Validate one annotation's segmentation before transforms; returns polygons or a decoded mask."""
@@ -726,26 +786,7 @@ class MultiDatasetMapper:
         rgb = rgb.astype(np.int64)
         panoptic_ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
-        indices = []
-        for k, seg in enumerate(segments):
-            if seg.get("iscrowd", 0):
-                continue
-            if "id" not in seg or "isthing" not in seg:
-                # its pixels stay void (index 0 below)
-                error = self._error(
-                    record, "malformed_annotation", "segment without 'id' or 'isthing'", k, seg.get("id")
-                )
-                self._drop_instance(error, record.get("dataset_name"))
-                continue
-            indices.append(k)
-        ids = [segments[k].get("id") for k in indices]
-        local = np.array([segments[k].get("category_id", -1) for k in indices], dtype=np.int64)
-        classes, known = self._to_unified(record, label_map, local, "category_id", indices, ids)
-        # a segment of an unknown category is dropped: its pixels are void, like a crowd segment's
-        indices = [k for k, ok in zip(indices, known) if ok]
-        classes = classes[known]
-        kept = [segments[k] for k in indices]
-        isthing = np.array([bool(seg["isthing"]) for seg in kept], dtype=bool)
+        kept, classes, isthing = self._checked_segments(record, segments, label_map)
 
         # Compact segment-index map (0 = void or crowd, k = k-th kept segment): uint8 goes through PIL's
         # nearest resize; float32 represents indices exactly up to 2**24.
@@ -771,6 +812,31 @@ class MultiDatasetMapper:
         instances.gt_isthing = torch.as_tensor(isthing)
         out["instances"] = instances[instances.gt_masks.nonempty()]
         return out
+
+    def _checked_segments(self, record, segments, label_map):
+        """The usable non-crowd segments of a panoptic record: (segments, unified classes int64 (N,), isthing bool
+        (N,)). A segment without id/isthing or of an unknown category is dropped (its pixels become void)."""
+        indices = []
+        for k, seg in enumerate(segments):
+            if seg.get("iscrowd", 0):
+                continue
+            if "id" not in seg or "isthing" not in seg:
+                # its pixels stay void (index 0 below)
+                error = self._error(
+                    record, "malformed_annotation", "segment without 'id' or 'isthing'", k, seg.get("id")
+                )
+                self._drop_instance(error, record.get("dataset_name"))
+                continue
+            indices.append(k)
+        ids = [segments[k].get("id") for k in indices]
+        local = np.array([segments[k].get("category_id", -1) for k in indices], dtype=np.int64)
+        classes, known = self._to_unified(record, label_map, local, "category_id", indices, ids)
+        # a segment of an unknown category is dropped: its pixels are void, like a crowd segment's
+        indices = [k for k, ok in zip(indices, known) if ok]
+        classes = classes[known]
+        kept = [segments[k] for k in indices]
+        isthing = np.array([bool(seg["isthing"]) for seg in kept], dtype=bool)
+        return kept, classes, isthing
 
     # semantic ---------------------------------------------------------------------------------------------
     @staticmethod
