@@ -25,6 +25,13 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import hooks
 from detectron2.utils import comm
 
+from unidet2.modeling.pretrained import (
+    detect_weights_format,
+    load_pretrained_weights,
+    read_state_dict,
+    resolve_weights_path,
+)
+
 __all__ = [
     "PER_RANK_KEY",
     "Checkpointer",
@@ -114,6 +121,21 @@ class Checkpointer(DetectionCheckpointer):
         self._per_rank_state = per_rank_state
         if self.save_dir and self.save_to_disk:
             remove_stale_temp_files(self.save_dir)
+
+    def load(self, path: str, checkpointables: list[str] | None = None) -> dict[str, Any]:
+        """detectron2's load, plus: ``detectron2://`` (and other URLs) resolved by
+        :func:`~unidet2.modeling.pretrained.resolve_weights_path` (from the cache, with an error saying where to
+        put the file when offline); and, for initial weights (``checkpointables=[]``), torchvision ResNet, timm
+        Swin and OpenCLIP files in their native formats (:func:`~unidet2.modeling.pretrained.load_pretrained_weights`,
+        which reports missing and unexpected keys)."""
+        if path and "://" in path:
+            path = resolve_weights_path(path)
+        # only initial weights are sniffed (a resumed checkpoint is always ours)
+        initial = path and checkpointables == [] and not path.endswith(".pkl") and os.path.isfile(path)
+        if initial and detect_weights_format(read_state_dict(path)[0]) != "detectron2":
+            load_pretrained_weights(self.model, path)
+            return {}
+        return super().load(path, checkpointables=checkpointables)
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Atomically write ``<save_dir>/<name>.pth`` and point ``last_checkpoint`` at it.
