@@ -10,6 +10,11 @@ Examples:
         --model ViT-B-32 --pretrained laion2b_s34b_b79k --prompt-ensemble --out coco_clip.npy
     # an ad-hoc vocabulary
     python tools/build_text_embeddings.py --vocabulary "person,car,traffic_light" --out custom.npy
+    # several jsons: name each dataset (a bare path is named after its file stem; equal names are refused)
+    python tools/build_text_embeddings.py --json coco=coco/train.json lvis=lvis/train.json --out coco_lvis.npy
+    # the training sets of a config (its dataset_registration runs first); --out / --label-space default to the
+    # config's embeddings_file / label-map path, the encoder to its dataloader.vocabulary
+    python tools/build_text_embeddings.py --config-file projects/ScaleDet/configs/scaledet_tiny_synthetic.py
 
 Writes FILE.npy (float32 C×D, unit rows, row = unified id) and FILE.json (sidecar: encoder, prompts, names,
 content hash). Embeddings are cached (--cache-dir, default $UNIDET2_CACHE/text_embeddings or
@@ -47,10 +52,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--datasets", nargs="+", metavar="NAME", help="registered dataset names (in order)")
     source.add_argument("--vocabulary", help='comma-separated class names, e.g. "person,car,traffic_light"')
-    source.add_argument("--json", nargs="+", metavar="FILE", help="COCO/LVIS-format annotation json(s)")
+    source.add_argument(
+        "--json",
+        nargs="+",
+        metavar="[NAME=]FILE",
+        help="COCO/LVIS-format annotation json(s), each optionally named NAME=FILE (default name: the file stem)",
+    )
+    source.add_argument(
+        "--config-file",
+        metavar="CFG",
+        help="a LazyConfig: register its datasets and build the label space of its training sets "
+        "(dataloader.train.dataset_names); key=value overrides may follow",
+    )
+    parser.add_argument("--names", nargs="+", metavar="NAME", help="dataset names for the --json files, in order")
     parser.add_argument("--name", default="custom", help="dataset name for --vocabulary (default: custom)")
     parser.add_argument("--mode", default="concat", choices=[m for m in LABEL_SPACE_MODES if m != "custom"])
-    parser.add_argument("--encoder", default="minilm", choices=available_text_encoders())
+    parser.add_argument(
+        "--encoder",
+        choices=available_text_encoders(),
+        help="default: the config's dataloader.vocabulary encoder with --config-file, else minilm",
+    )
     parser.add_argument("--model", help="encoder model (openclip: e.g. ViT-B-32; minilm: a local model dir)")
     parser.add_argument("--pretrained", help="openclip pretrained tag (e.g. laion2b_s34b_b79k) or checkpoint file")
     parser.add_argument("--seed", type=int, default=0, help="openclip_random initialisation seed")
@@ -68,7 +89,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"average over the {len(PROMPT_ENSEMBLE)}-template ensemble",
     )
     parser.add_argument("--no-synonyms", action="store_true", help="ignore dataset synonyms")
-    parser.add_argument("--out", required=True, help="output .npy (a sidecar .json is written next to it)")
+    parser.add_argument(
+        "--out",
+        help="output .npy (a sidecar .json is written next to it); with --config-file default: the config's "
+        "*embeddings_file",
+    )
     parser.add_argument("--label-space", metavar="JSON", help="also write the unified label-space json")
     parser.add_argument("--similarity", metavar="NPY", help="also write the label similarity matrix S (float32)")
     parser.add_argument("--similarity-normalization", default="minmax_row", choices=SIMILARITY_NORMALIZATIONS)
@@ -86,7 +111,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--weights-cache-dir", help="openclip: where hub weights are cached/downloaded (default: the HF cache)"
     )
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value overrides of --config-file")
     args = parser.parse_args(argv)
+    if args.opts and not args.config_file:
+        parser.error(f"key=value overrides {args.opts} need --config-file")
+    if args.names and not args.json:
+        parser.error("--names names the --json files; use --name for --vocabulary")
+    if args.config_file:
+        _apply_config_defaults(args)
+    elif args.encoder is None:
+        args.encoder = "minilm"
+    if args.out is None:
+        parser.error("--out is required (with --config-file only when the config names no embeddings_file)")
     if not args.out.endswith(".npy"):
         parser.error(f"--out must end with .npy, got {args.out}")
     if args.encoder != "openclip_random" and args.seed != 0:
@@ -96,8 +132,83 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _read_categories_json(path: str) -> tuple[str, list[str], list[list[str]] | None]:
-    """(dataset name = file stem, names sorted by category id, LVIS synonyms or None)."""
+def _load_config(args: argparse.Namespace):
+    """The config of --config-file with its overrides, its datasets registered (as the training tools do)."""
+    if getattr(args, "_config", None) is None:
+        from unidet2.engine.config import load_config
+        from unidet2.engine.run import register_config_datasets
+
+        try:
+            cfg = load_config(args.config_file, args.opts)
+        except (KeyError, ValueError) as exc:
+            raise SystemExit(f"error: {exc.args[0] if exc.args else exc}") from exc
+        register_config_datasets(cfg)
+        args._config = cfg
+    return args._config
+
+
+def _apply_config_defaults(args: argparse.Namespace) -> None:
+    """--out, --label-space and the encoder from the config, where not given on the command line."""
+    from omegaconf import OmegaConf
+
+    from unidet2.data.check import config_embeddings_files
+
+    cfg = _load_config(args)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    if args.out is None:
+        paths = sorted(set(config_embeddings_files(plain).values()))
+        if len(paths) == 1:
+            args.out = paths[0]
+            logger.info("--out from the config: %s", args.out)
+        elif paths:
+            raise SystemExit(f"error: the config names several embeddings files {paths}; pick one with --out")
+    if args.label_space is None:
+        label_map = (((plain.get("dataloader") or {}).get("train") or {}).get("mapper") or {}).get("label_map")
+        if isinstance(label_map, dict) and isinstance(label_map.get("path"), str):
+            args.label_space = label_map["path"]
+            logger.info("--label-space from the config: %s", args.label_space)
+    vocabulary = (plain.get("dataloader") or {}).get("vocabulary") or {}
+    if args.encoder is None:
+        args.encoder = vocabulary.get("encoder", "minilm")
+        if args.model is None and vocabulary.get("model"):
+            args.model = vocabulary["model"]
+        if args.pretrained is None and vocabulary.get("pretrained"):
+            args.pretrained = vocabulary["pretrained"]
+        prompts = vocabulary.get("prompts")
+        if prompts == "ensemble" and not args.prompt:
+            args.prompt_ensemble = True
+        elif isinstance(prompts, str) and prompts and not args.prompt and not args.prompt_ensemble:
+            args.prompt = [prompts]
+        logger.info("encoder from the config's dataloader.vocabulary: %s", vocabulary or {"encoder": "minilm"})
+
+
+def _named_json_sources(entries: Sequence[str], names: Sequence[str] | None) -> list[tuple[str, str]]:
+    """(dataset name, json path) per --json entry: NAME=FILE, --names, or the file stem; names must be unique."""
+    if names is not None and len(names) != len(entries):
+        raise SystemExit(f"error: --names has {len(names)} names for {len(entries)} --json files")
+    sources = []
+    for index, entry in enumerate(entries):
+        name, sep, path = entry.partition("=")
+        if not sep or not name or os.path.isfile(entry):
+            name, path = Path(entry).stem, entry
+        elif names is not None:
+            raise SystemExit(f"error: --json {entry!r} is named with NAME=FILE and by --names; use one of them")
+        if names is not None:
+            name = names[index]
+        sources.append((name, path))
+    seen: dict[str, str] = {}
+    for name, path in sources:
+        if name in seen:
+            raise SystemExit(
+                f"error: --json files {seen[name]!r} and {path!r} would both be dataset {name!r}; name them, "
+                f"e.g. --json coco={seen[name]} lvis={path} (or --names coco lvis)"
+            )
+        seen[name] = path
+    return sources
+
+
+def _read_categories_json(path: str, name: str | None = None) -> tuple[str, list[str], list[list[str]] | None]:
+    """(dataset name (default: the file stem), names sorted by category id, LVIS synonyms or None)."""
     try:
         with open(path) as f:
             categories = json.load(f)["categories"]
@@ -110,16 +221,24 @@ def _read_categories_json(path: str) -> tuple[str, list[str], list[list[str]] | 
         raise SystemExit(f"{path}: every category needs 'id' and 'name' ({exc!r})") from exc
     has_synonyms = any("synonyms" in c for c in categories)
     synonyms = [list(c.get("synonyms", [])) for c in categories] if has_synonyms else None
-    return Path(path).stem, names, synonyms
+    return name or Path(path).stem, names, synonyms
 
 
 def build_label_space(args: argparse.Namespace) -> UnifiedLabelSpace:
-    if args.datasets:
+    if args.datasets or args.config_file:
         import unidet2.data.datasets  # noqa: F401  (registers the built-in datasets)
-
+    if args.datasets:
         space = UnifiedLabelSpace.from_dataset_names(args.datasets, mode=args.mode)
     elif args.json:
-        space = UnifiedLabelSpace([_read_categories_json(p) for p in args.json], mode=args.mode)
+        sources = _named_json_sources(args.json, args.names)
+        space = UnifiedLabelSpace([_read_categories_json(p, n) for n, p in sources], mode=args.mode)
+    elif args.config_file:
+        from unidet2.data.check import config_dataset_names
+
+        train, _ = config_dataset_names(_load_config(args))
+        if not train:
+            raise SystemExit(f"error: {args.config_file} has no dataloader.train.dataset_names")
+        space = UnifiedLabelSpace.from_dataset_names(train, mode=args.mode)
     else:
         names = [n.strip() for n in args.vocabulary.split(",") if n.strip()]
         if not names:

@@ -38,7 +38,7 @@ from .build import compute_sampling_factors
 from .mapper import MultiDatasetMapper, normalize_label_maps
 from .record_policy import RECORD_REASONS
 
-__all__ = ["check_datasets", "config_dataset_names", "format_report", "main"]
+__all__ = ["check_datasets", "config_dataset_names", "config_embeddings_files", "format_report", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _train_loader_settings(cfg: DictConfig) -> dict[str, Any]:
     return {key: _plain(train_cfg.get(key)) for key in keys if key in train_cfg}
 
 
-def _embeddings_files(node: Any, prefix: str = "") -> dict[str, str]:
+def config_embeddings_files(node: Any, prefix: str = "") -> dict[str, str]:
     """Config keys ending in ``embeddings_file`` with a non-empty string value: {dotted key: path}."""
     found: dict[str, str] = {}
     if isinstance(node, Mapping):
@@ -84,10 +84,10 @@ def _embeddings_files(node: Any, prefix: str = "") -> dict[str, str]:
             if str(key).endswith("embeddings_file") and isinstance(value, str) and value:
                 found[where] = value
             elif isinstance(value, (Mapping, list)):
-                found.update(_embeddings_files(value, where))
+                found.update(config_embeddings_files(value, where))
     elif isinstance(node, list):
         for index, value in enumerate(node):
-            found.update(_embeddings_files(value, f"{prefix}.{index}"))
+            found.update(config_embeddings_files(value, f"{prefix}.{index}"))
     return found
 
 
@@ -380,7 +380,7 @@ def check_datasets(
             pool.shutdown()
 
     errors, facts = _consistency(
-        [n for n in train if n in roles], label_space, label_space_error, _embeddings_files(_plain(cfg)), reports
+        [n for n in train if n in roles], label_space, label_space_error, config_embeddings_files(_plain(cfg)), reports
     )
     max_iter = (cfg.get("train") or {}).get("max_iter")
     sampling = _sampling([n for n in train if n in roles], reports, loaded, settings, max_iter)
