@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from projects.DaTaSeg.dataseg import merge_ground_truth, merge_mode_for_task, merge_proposals
+from projects.DaTaSeg.dataseg import merge_ground_truth, merge_mode_for_task, merge_proposals, semantic_inference
 
 
 def _logit(p):
@@ -72,11 +72,51 @@ def test_semantic_merge_sum_and_probability_weighted():
     summed = _merge("all", mask_merge="sum").mask_logits.sigmoid()
     # 0.5 + 0.5, 0.25 + 0.5, 0.01 + 0.5, 0.9 + 0.8 -> clamped to 1
     torch.testing.assert_close(summed[2], torch.tensor([[1.0, 0.75, 0.51, 1.0]]), atol=1e-5, rtol=0)
-    weighted = _merge("all", mask_merge="prob_weighted").mask_logits.sigmoid()
+    weighted = _merge("all", mask_merge="sum", mask_weighting="class_probability").mask_logits.sigmoid()
     # p_0(2) = 0.6, p_1(2) = 0.3: 0.6 * m_0 + 0.3 * m_1
     expected = 0.6 * MASKS[0] + 0.3 * MASKS[1]
     torch.testing.assert_close(weighted[2], expected.float(), atol=1e-6, rtol=0)
     torch.testing.assert_close(weighted[0], (0.7 * MASKS[2]).float(), atol=1e-6, rtol=0)
+
+
+def test_semantic_merge_probability_weighted_noisy_or():
+    merged = _merge("all", mask_weighting="class_probability").mask_logits.sigmoid()
+    # class 2 = {0, 1} with weights 0.6, 0.3: 1 - (1 - 0.6 m_0)(1 - 0.3 m_1)
+    expected = 1 - (1 - 0.6 * MASKS[0]) * (1 - 0.3 * MASKS[1])
+    torch.testing.assert_close(merged[2], expected.float(), atol=1e-6, rtol=0)
+    # a single member is scaled by its own probability: 0.7 * m_2, 0.5 * m_3
+    torch.testing.assert_close(merged[0], (0.7 * MASKS[2]).float(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(merged[1], (0.5 * MASKS[3]).float(), atol=1e-6, rtol=0)
+
+
+def test_probability_weighted_sum_is_semantic_inference_when_every_proposal_joins_one_class():
+    # Training MERGE with class-probability weights scores a category the way semantic inference does,
+    # s(c, x) = sum_i p_i(c) m_i(x), for the proposals merged into c.
+    class_logits = torch.tensor([[0.0, 2.0, 0.5], [0.3, 1.5, 0.0], [-1.0, 1.0, 0.2]])  # all best at class 1
+    masks = torch.tensor([[[0.2, 0.1]], [[0.1, 0.3]], [[0.05, 0.2]]])
+    merged = merge_proposals(class_logits, _logit(masks).float(), "all", mask_merge="sum",
+                             mask_weighting="class_probability")
+    scores = semantic_inference(class_logits, _logit(masks).float())
+    assert merged.category.tolist() == [1]
+    torch.testing.assert_close(merged.mask_logits.sigmoid()[0], scores[1], atol=1e-5, rtol=0)
+
+
+def test_probability_weighting_sends_mask_gradients_to_the_classifier():
+    class_logits = torch.tensor([[0.0, 2.0, 0.5], [0.3, 1.5, 0.0]], requires_grad=True)
+    mask_logits = torch.tensor([[[1.0, -1.0]], [[0.0, 2.0]]], requires_grad=True)
+    merge_proposals(class_logits, mask_logits, "all").mask_logits.sum().backward()
+    assert class_logits.grad is None  # unweighted: the merged mask does not depend on the class scores
+    merge_proposals(class_logits, mask_logits, "all", mask_weighting="class_probability").mask_logits.sum().backward()
+    assert class_logits.grad[:, 1].gt(0).all()  # a larger p_i(c) raises the merged mask
+
+
+def test_unknown_merge_switches_are_rejected():
+    with pytest.raises(ValueError, match="mask_merge"):
+        _merge("all", mask_merge="prob_weighted")
+    with pytest.raises(ValueError, match="mask_weighting"):
+        _merge("all", mask_weighting="softmax")
+    with pytest.raises(ValueError, match="background_proposals"):
+        _merge("all", background_proposals="drop")
 
 
 def test_panoptic_merges_stuff_only():

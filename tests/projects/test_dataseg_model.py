@@ -52,7 +52,12 @@ def _vocabularies(names, seed=0):
     return vocabularies
 
 
-def _tiny_model(vocabularies, **kwargs):
+def _vocabularies_of_size(num_classes, name="toy"):
+    embeddings = np.random.default_rng(0).normal(size=(num_classes, EMBED_DIM))
+    return {name: DatasetVocabulary([f"c{k}" for k in range(num_classes)], embeddings, [True] * num_classes)}
+
+
+def _tiny_model(vocabularies, xavier=True, **kwargs):
     torch.manual_seed(0)
     widths = (16, 24, 32, 48)
     shapes = {f"res{k + 2}": ShapeSpec(channels=w, stride=2 ** (k + 2)) for k, w in enumerate(widths)}
@@ -61,7 +66,14 @@ def _tiny_model(vocabularies, **kwargs):
     return DaTaSeg(
         backbone=build_small_resnet(16, widths),
         pixel_decoder=MSDeformAttnPixelDecoder(
-            shapes, hidden_dim=32, mask_dim=32, num_encoder_layers=1, ffn_dim=64, num_heads=4, num_points=2
+            shapes,
+            hidden_dim=32,
+            mask_dim=32,
+            num_encoder_layers=1,
+            ffn_dim=64,
+            num_heads=4,
+            num_points=2,
+            xavier_init=xavier,
         ),
         transformer_decoder=MaskedAttentionDecoder(
             in_channels=32,
@@ -72,6 +84,7 @@ def _tiny_model(vocabularies, **kwargs):
             num_heads=4,
             ffn_dim=64,
             num_layers=3,
+            xavier_init=xavier,
         ),
         criterion=DaTaSegCriterion(matcher=DaTaSegMatcher(num_points=256), num_points=256),
         train_vocabularies=vocabularies,
@@ -223,6 +236,46 @@ def test_instance_inference_ranks_pairs_and_keeps_things():
     assert things_only.pred_classes.tolist() == [0, 0]
 
 
+def test_instance_inference_drops_stuff_after_or_before_the_top_k():
+    # pairs by probability: (q1, stuff 1) 0.7, (q0, thing 0) 0.6, (q0, stuff 1) 0.3, (q1, thing 0) 0.2
+    class_logits = torch.log(torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1]]))
+    masks = torch.full((2, 4, 4), 5.0)
+    after = instance_inference(class_logits, masks, [True, False], max_detections=2)  # Mask2Former's order
+    assert after.pred_classes.tolist() == [0] and after.scores.tolist() == pytest.approx(
+        [0.6 * torch.sigmoid(torch.tensor(5.0)).item()]
+    )
+    before = instance_inference(class_logits, masks, [True, False], max_detections=2, thing_filter="before_topk")
+    assert before.pred_classes.tolist() == [0, 0] and len(before.pred_masks) == 2
+    with pytest.raises(ValueError, match="thing_filter"):
+        instance_inference(class_logits, masks, [True, False], thing_filter="never")
+
+
+def test_xavier_init_of_the_pixel_and_transformer_decoders():
+    vocabularies = _vocabularies_of_size(3)
+    torch.manual_seed(0)
+    default = _tiny_model(vocabularies, xavier=False)
+    torch.manual_seed(0)
+    xavier = _tiny_model(vocabularies, xavier=True)
+    # Xavier-uniform bound sqrt(6 / (fan_in + fan_out)) vs PyTorch's Linear default bound 1 / sqrt(fan_in)
+    for get in (
+        lambda m: m.pixel_decoder.encoder.layers[0].linear1.weight,  # 32 -> 64
+        lambda m: m.transformer_decoder.ffn[0].ffn[0].weight,  # 32 -> 64
+        lambda m: m.transformer_decoder.cross_attention[0].attention.out_proj.weight,  # 32 -> 32
+    ):
+        out_features, in_features = get(xavier).shape
+        xavier_bound = (6 / (in_features + out_features)) ** 0.5
+        assert get(xavier).abs().max() <= xavier_bound + 1e-6
+        assert get(xavier).abs().max() > 0.9 * xavier_bound
+        assert get(default).abs().max() <= 1 / in_features**0.5 + 1e-6 < 0.9 * xavier_bound
+    # the deformable attention keeps its own init (zero offset weights, ring-shaped offset biases)
+    attention = xavier.pixel_decoder.encoder.layers[0].self_attn
+    assert attention.sampling_offsets.weight.abs().sum() == 0 and attention.attention_weights.weight.abs().sum() == 0
+    assert attention.sampling_offsets.bias.abs().max() > 1
+    # the mask MLP keeps PyTorch's default init, as in Mask2Former
+    mask_mlp = xavier.transformer_decoder.mask_embed[0].weight
+    assert mask_mlp.abs().max() <= 1 / mask_mlp.shape[1] ** 0.5 + 1e-6
+
+
 # ----------------------------------------------------------------------------------------- configs
 def test_cluster_config_builds_the_paper_architecture():
     cfg = LazyConfig.load("projects/DaTaSeg/configs/dataseg_r50_ade_coco_o365.py")
@@ -255,8 +308,25 @@ def test_tiny_config_loads():
 def test_forward_backward_under_bf16_autocast(synthetic, dataset):
     names = ["dsm_" + n for n in TRAIN_SETS]
     model = _tiny_model(_vocabularies(names))
+    batch = _batch(dataset)
+    images = model.preprocess_image(batch)
+    with torch.no_grad():
+        reference = model.forward_proposals(images, model.train_embeddings(dataset))
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            low_precision = model.forward_proposals(images, model.train_embeddings(dataset))
+    # autocast really runs the network in bf16 (the deformable attention stays fp32 inside) ...
+    assert low_precision["pred_masks"].dtype == torch.bfloat16
+    assert reference["pred_masks"].dtype == torch.float32
+    # ... and its outputs stay close to the fp32 ones
+    torch.testing.assert_close(low_precision["pred_masks"].float(), reference["pred_masks"], atol=0.15, rtol=0.05)
+    torch.manual_seed(0)
+    fp32_losses = model(batch)
+    torch.manual_seed(0)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        losses = model(_batch(dataset))
-    assert all(value.dtype == torch.float32 and torch.isfinite(value) for value in losses.values())
+        losses = model(batch)
+    # the criterion computes its losses in fp32 from bf16 outputs; same sampled points (seed) -> close values
+    for key, value in losses.items():
+        assert value.dtype == torch.float32 and torch.isfinite(value), key
+        assert value.item() == pytest.approx(fp32_losses[key].item(), rel=0.05, abs=0.02), key
     sum(losses.values()).backward()
     assert model.pixel_decoder.encoder.layers[0].self_attn.sampling_offsets.weight.grad.abs().sum() > 0

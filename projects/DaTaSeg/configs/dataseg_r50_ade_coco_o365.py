@@ -6,11 +6,12 @@
 Datasets (``$UNIDET2_DATASETS``, see unidet2/data/datasets): ``ade20k_sem_seg_train`` (150 classes, semantic),
 ``coco_2017_train_panoptic`` (133 classes, panoptic), ``objects365_v2_train`` (365 classes, registered as
 "detection": boxes only, its masks are learnt through the projection loss). One dataset per batch, sampled
-ADE:COCO:O365 = 1:2:2 (``dataseg.md`` §6 [I]). Evaluation: ADE20K mIoU, COCO PQ (+ mIoU, mask AP of things),
-ADE20K panoptic PQ (weak transfer: no panoptic labels of ADE in training) and O365 box AP; the paper's 1k-image
-O365 instance-mask benchmark is not registered in unidet2 (add it with ``register_dataset(..., task="instance")``).
+ADE:COCO:O365 = 1:2:2 (an [I] default, README "Hyper-parameters"). Evaluation: ADE20K mIoU, COCO PQ (+ mIoU,
+mask AP of things), ADE20K panoptic PQ (weak transfer: no panoptic labels of ADE in training), O365 box AP and
+mask AP on ``objects365_v2_val_instance_masks``, the paper's mask-annotated O365 val subset (weak transfer: the
+model never saw an O365 mask; layout in ``unidet2/data/datasets/objects365_masks.py``).
 
-Everything below marked [I] in dataseg.md is a default of ours, not a number recovered from the paper: image size,
+Everything the README marks [I] is a default of ours, not a number recovered from the paper: image size,
 batch, iterations, sampling ratios, learning rate, text encoder and temperature (see README.md).
 """
 
@@ -29,7 +30,13 @@ from unidet2.data.mapper import MultiDatasetMapper, build_lsj_augmentation
 from .common.dataseg_r50_model import TEXT_ENCODER, model
 
 TRAIN_DATASETS = ["ade20k_sem_seg_train", "coco_2017_train_panoptic", "objects365_v2_train"]
-TEST_DATASETS = ["ade20k_sem_seg_val", "coco_2017_val_panoptic", "ade20k_panoptic_val", "objects365_v2_val"]
+TEST_DATASETS = [
+    "ade20k_sem_seg_val",
+    "coco_2017_val_panoptic",
+    "ade20k_panoptic_val",
+    "objects365_v2_val",
+    "objects365_v2_val_instance_masks",
+]
 
 model.train_vocabularies.dataset_names = TRAIN_DATASETS
 

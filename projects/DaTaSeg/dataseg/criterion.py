@@ -4,7 +4,7 @@ Per image of dataset d (one dataset per batch), for the final and every intermed
 
 1. MERGE proposals (and ground truth) by the task's rule (:mod:`.merge`);
 2. match merged predictions to targets (:class:`.matcher.DaTaSegMatcher`);
-3. losses (``dataseg.md`` §4)::
+3. losses (README, "Training")::
 
        L = class_weight * CE(p, c)                               every prediction; unmatched -> background
                                                                  (weight no_object_weight)
@@ -15,9 +15,17 @@ Per image of dataset d (one dataset per batch), for the final and every intermed
 Mask and projection terms are normalised by the number of ground-truth segments / boxes in the batch (averaged
 over ranks, Mask2Former's ``num_masks``). Every loss key is always returned (zero when the task has no such term,
 still connected to the graph), so the logged keys and the DDP graph are the same for every batch.
+
+After MERGE a semantic image can have fewer predictions than ground-truth segments (fewer distinct predicted
+categories than categories present); the matching then leaves segments without any mask loss. Their number on the
+final prediction set is counted per batch, kept in :attr:`DaTaSegCriterion.last_statistics`, written every step to
+the event storage (scalars ``dataseg/unmatched_targets`` and ``dataseg/unmatched_target_fraction``, in
+``metrics.json`` and TensorBoard) and reported by a warning at most once a minute while it happens.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +34,8 @@ from detectron2.projects.point_rend.point_features import (
     point_sample,
 )
 from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import log_every_n_seconds
 from torch import nn
 
 from .losses import box_projection_targets, dice_loss, projection_loss, sigmoid_ce_loss
@@ -58,6 +68,7 @@ class DaTaSegCriterion(nn.Module):
         oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
         mask_merge: str = "noisy_or",
+        mask_weighting: str = "none",
         background_proposals: str = "merge",
         deep_supervision: bool = True,
     ):
@@ -65,10 +76,11 @@ class DaTaSegCriterion(nn.Module):
         Args:
             matcher: the Hungarian matcher.
             class_weight, mask_weight, dice_weight, projection_weight: loss weights (Mask2Former: 2, 5, 5; the
-                projection weight defaults to the Dice weight, ``dataseg.md`` §4 [I]).
+                projection weight defaults to the Dice weight, an [I] choice: see the README).
             no_object_weight: CE weight of the background class (Mask2Former's ``eos_coef`` 0.1).
             num_points, oversample_ratio, importance_sample_ratio: point sampling of the mask losses.
-            mask_merge, background_proposals: see :func:`.merge.merge_proposals`.
+            mask_merge, mask_weighting, background_proposals: see :func:`.merge.merge_proposals` (README,
+                "MERGE switches", for the defaults and the ablation behind them).
             deep_supervision: also supervise the intermediate decoder outputs (keys suffixed ``_<k>``).
         """
         super().__init__()
@@ -84,8 +96,11 @@ class DaTaSegCriterion(nn.Module):
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
         self.mask_merge = mask_merge
+        self.mask_weighting = mask_weighting
         self.background_proposals = background_proposals
         self.deep_supervision = deep_supervision
+        # {"targets": G, "unmatched_targets": U} of the last batch's final prediction set
+        self.last_statistics: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------------------ targets
     def prepare_targets(
@@ -146,12 +161,34 @@ class DaTaSegCriterion(nn.Module):
         mask_size = tuple(outputs["pred_masks"].shape[-2:])
         prepared = self.prepare_targets(targets, task, mask_size, image_size)
         num_targets = self._num_targets(prepared, outputs["pred_masks"].device)
-        losses = self._losses(outputs, prepared, task, stuff_classes, num_targets)
+        losses, num_unmatched = self._losses(outputs, prepared, task, stuff_classes, num_targets)
+        self._record_unmatched(sum(len(t["labels"]) for t in prepared), num_unmatched, task)
         if self.deep_supervision:
             for k, aux in enumerate(outputs.get("aux_outputs", [])):
-                aux_losses = self._losses(aux, prepared, task, stuff_classes, num_targets)
+                aux_losses, _ = self._losses(aux, prepared, task, stuff_classes, num_targets)
                 losses.update({f"{key}_{k}": value for key, value in aux_losses.items()})
         return losses
+
+    def _record_unmatched(self, num_targets: int, num_unmatched: int, task: str) -> None:
+        """Keep and log how many ground-truth segments / boxes got no prediction (final prediction set)."""
+        self.last_statistics = {"targets": num_targets, "unmatched_targets": num_unmatched}
+        if num_unmatched:
+            log_every_n_seconds(
+                logging.WARNING,
+                f"DaTaSeg: {num_unmatched} of {num_targets} ground-truth segments of a {task} batch have no "
+                "prediction after MERGE (fewer distinct predicted categories than categories present) and get no "
+                "mask loss; counted in dataseg/unmatched_targets",
+                n=60,
+                name=__name__,
+            )
+        try:
+            storage = get_event_storage()
+        except AssertionError:  # outside a training loop (tests, notebooks): nothing to log to
+            return
+        storage.put_scalar("dataseg/unmatched_targets", float(num_unmatched), smoothing_hint=False)
+        storage.put_scalar(
+            "dataseg/unmatched_target_fraction", num_unmatched / max(num_targets, 1), smoothing_hint=False
+        )
 
     @staticmethod
     def _num_targets(prepared: list[dict], device) -> float:
@@ -161,7 +198,8 @@ class DaTaSegCriterion(nn.Module):
             count = count / comm.get_world_size()
         return max(float(count.item()), 1.0)
 
-    def _losses(self, outputs, prepared, task, stuff_classes, num_targets) -> dict[str, torch.Tensor]:
+    def _losses(self, outputs, prepared, task, stuff_classes, num_targets) -> tuple[dict[str, torch.Tensor], int]:
+        """Weighted losses of one prediction set, and the number of targets left unmatched."""
         class_logits, mask_logits = outputs["pred_logits"].float(), outputs["pred_masks"].float()
         merge = merge_mode_for_task(task)
         box_supervised = task in BOX_SUPERVISED_TASKS
@@ -169,6 +207,7 @@ class DaTaSegCriterion(nn.Module):
         all_log_probs, all_classes = [], []
         matched_masks, matched_targets = [], []
         matched_projection_x, matched_projection_y = [], []
+        num_unmatched = 0
         for image_logits, image_masks, target in zip(class_logits, mask_logits, prepared):
             merged = merge_proposals(
                 image_logits,
@@ -176,9 +215,11 @@ class DaTaSegCriterion(nn.Module):
                 merge,
                 stuff_classes=stuff_classes,
                 mask_merge=self.mask_merge,
+                mask_weighting=self.mask_weighting,
                 background_proposals=self.background_proposals,
             )
             prediction_index, target_index = self.matcher(merged.log_probs, merged.mask_logits, target)
+            num_unmatched += len(target["labels"]) - len(target_index)
             prediction_index = prediction_index.to(image_logits.device)
             target_index = target_index.to(image_logits.device)
             classes = torch.full((len(merged),), num_outputs - 1, dtype=torch.int64, device=image_logits.device)
@@ -209,7 +250,7 @@ class DaTaSegCriterion(nn.Module):
             point_logits, point_targets = self._sample_points(matched, torch.cat(matched_targets))
             losses["loss_mask"] = sigmoid_ce_loss(point_logits, point_targets, num_targets)
             losses["loss_dice"] = dice_loss(point_logits, point_targets, num_targets)
-        return {key: value * self.weights[key] for key, value in losses.items()}
+        return {key: value * self.weights[key] for key, value in losses.items()}, num_unmatched
 
     def _sample_points(self, mask_logits: torch.Tensor, target_masks: torch.Tensor):
         """Importance-sampled points (PointRend): logits (K, P) and targets (K, P) of matched pairs."""

@@ -1,6 +1,6 @@
 """Hungarian matching between (merged) predictions and ground-truth segments or boxes of one image.
 
-Cost (Mask2Former's, ``dataseg.md`` §4)::
+Cost (Mask2Former's)::
 
     C = class_weight * (-p(c_gt)) + mask_weight * BCE(m, m_gt) + dice_weight * Dice(m, m_gt)      (masks)
     C = class_weight * (-p(c_gt)) + projection_weight * L_proj(m, box)

@@ -2,7 +2,7 @@
 
 Every task shares one representation: N proposals, each a mask m_i (logits) and a class distribution p_i over
 the dataset's C classes plus the shared background (last). Before the bipartite matching, the proposals are
-merged so that they take the form of the task's ground truth (``dataseg.md`` §3):
+merged so that they take the form of the task's ground truth (the paper's per-task MERGE):
 
 ========== ============================================== ============================================
 task       proposals                                      ground truth
@@ -13,18 +13,20 @@ instance   no merge                                       one per instance
 box        no merge                                       one box per instance
 ========== ============================================== ============================================
 
-For category c with members I_c = {i : c_i = c}, c_i = argmax_{c != bg} p_i(c):
-``p_c = mean_{i in I_c} p_i`` and the merged mask is, by ``mask_merge``,
+For category c with members I_c = {i : c_i = c}, c_i = argmax_{c != bg} p_i(c), the merged class distribution is
+``p_c = mean_{i in I_c} p_i``. The merged mask combines the member masks m_i, each first scaled by a weight w_i:
+``w_i = 1`` (``mask_weighting="none"``) or ``w_i = p_i(c)`` (``"class_probability"``, the weighting semantic
+inference uses, so that training merges the way test time does). ``mask_merge`` then sets the combination:
 
-* ``"sum"``: ``clamp(sum_i m_i, 0, 1)`` (the spec's reading; no gradient where the sum exceeds 1);
-* ``"noisy_or"``: ``1 - prod_i (1 - m_i)`` (default here): equal to the sum wherever at most one member is
-  non-zero (disjoint proposals, the common case), a soft union where they overlap, and computed exactly in
-  logit space: ``logit = log(expm1(sum_i softplus(z_i)))`` -- a single member keeps its own logits;
-* ``"prob_weighted"``: ``clamp(sum_i p_i(c) m_i, 0, 1)`` (MaskFormer's semantic inference; the spec's
-  alternative reading).
+* ``"noisy_or"``: ``1 - prod_i (1 - w_i m_i)``: equal to the sum wherever at most one member is non-zero (disjoint
+  proposals), a soft union where they overlap; finite and differentiable everywhere, computed in logit space
+  (``logit = log(expm1(S))``, ``S = -sum_i log(1 - w_i m_i)``; a single unweighted member keeps its own logits);
+* ``"sum"``: ``clamp(sum_i w_i m_i, 0, 1)``: the plain reading of the paper's merge; no gradient wherever the sum
+  exceeds 1.
 
-``background_proposals="merge"`` (the spec) merges every proposal into its best non-background category;
-``"keep"`` leaves the proposals whose overall argmax is the background as individual predictions.
+``background_proposals="merge"`` merges every proposal into its best non-background category; ``"keep"`` (exclude
+them from MERGE) leaves the proposals whose overall argmax is the background as individual predictions, which
+the matcher may still match and the classification loss otherwise pushes to the background.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "BACKGROUND_PROPOSALS",
     "MASK_MERGES",
+    "MASK_WEIGHTINGS",
     "MERGE_BY_TASK",
     "MergedPredictions",
     "merge_ground_truth",
@@ -43,7 +47,9 @@ __all__ = [
     "merge_mode_for_task",
 ]
 
-MASK_MERGES = ("sum", "noisy_or", "prob_weighted")
+MASK_MERGES = ("noisy_or", "sum")
+MASK_WEIGHTINGS = ("none", "class_probability")
+BACKGROUND_PROPOSALS = ("merge", "keep")
 # task -> which proposals are merged by category: "all", "stuff" or "none"
 MERGE_BY_TASK = {"semantic": "all", "panoptic": "stuff", "instance": "none", "box": "none", "detection": "none"}
 _PROB_EPS = 1e-6
@@ -77,18 +83,31 @@ class MergedPredictions:
 
 
 def _merged_mask_logits(
-    mask_logits: torch.Tensor, members: torch.Tensor, weights: torch.Tensor, mask_merge: str
+    mask_logits: torch.Tensor, members: torch.Tensor, weights: torch.Tensor | None, mask_merge: str
 ) -> torch.Tensor:
-    """(G, h, w) logits of the merged masks; ``members`` (G, N) bool, ``weights`` (G, N) class probs."""
+    """(G, h, w) logits of the merged masks.
+
+    Args:
+        mask_logits: (N, h, w) proposal mask logits z_i.
+        members: (G, N) bool, the members of each merged category.
+        weights: (G, N) mask weights w_i in [0, 1] (class probabilities), or None for w_i = 1.
+        mask_merge: "noisy_or" or "sum".
+    """
     flat = mask_logits.flatten(1).float()  # (N, h*w)
     if mask_merge == "noisy_or":
-        # log(1 - m_union) = -sum_i softplus(z_i), so the union's logit is log(expm1(S)), S = sum_i softplus(z_i),
-        # written as S + log(-expm1(-S)) to stay finite for large S.
-        total = members.to(flat.dtype) @ F.softplus(flat)
+        # -log(1 - w m) with m = sigmoid(z) is softplus(z) - softplus(z + log(1 - w)) (softplus(z) for w = 1), so
+        # the union's logit is log(expm1(S)) with S the members' sum, written as S + log(-expm1(-S)) to stay
+        # finite for large S. w stays below 1 - 1e-6 so that log(1 - w) keeps a finite gradient.
+        if weights is None:
+            total = members.to(flat.dtype) @ F.softplus(flat)
+        else:
+            log_one_minus_w = torch.log1p(-weights.clamp(0.0, 1.0 - _PROB_EPS)).to(flat.dtype)  # (G, N)
+            terms = F.softplus(flat)[None] - F.softplus(flat[None] + log_one_minus_w[..., None])  # (G, N, h*w)
+            total = (terms * members[..., None].to(flat.dtype)).sum(dim=1)
         total = total.clamp_min(1e-20)
         merged = total + torch.log(-torch.expm1(-total))
     else:
-        coefficients = members.to(flat.dtype) if mask_merge == "sum" else members * weights
+        coefficients = members.to(flat.dtype) if weights is None else members * weights.to(flat.dtype)
         summed = coefficients @ flat.sigmoid()
         merged = torch.logit(summed.clamp(_PROB_EPS, 1.0 - _PROB_EPS))
     return merged.view(-1, *mask_logits.shape[1:])
@@ -101,6 +120,7 @@ def merge_proposals(
     *,
     stuff_classes: torch.Tensor | None = None,
     mask_merge: str = "noisy_or",
+    mask_weighting: str = "none",
     background_proposals: str = "merge",
 ) -> MergedPredictions:
     """MERGE the proposals of one image.
@@ -110,7 +130,8 @@ def merge_proposals(
         mask_logits: (N, h, w) mask logits.
         merge: "all" (semantic), "stuff" (panoptic) or "none" (instance / box).
         stuff_classes: (C,) bool, the stuff categories (needed for ``merge="stuff"``).
-        mask_merge: "sum", "noisy_or" or "prob_weighted" (module doc).
+        mask_merge: "noisy_or" or "sum" (module doc).
+        mask_weighting: "none" or "class_probability" (module doc).
         background_proposals: "merge" or "keep" (module doc).
 
     Returns:
@@ -121,8 +142,10 @@ def merge_proposals(
         raise ValueError(f"merge must be 'all', 'stuff' or 'none', got {merge!r}")
     if mask_merge not in MASK_MERGES:
         raise ValueError(f"mask_merge must be one of {MASK_MERGES}, got {mask_merge!r}")
-    if background_proposals not in ("merge", "keep"):
-        raise ValueError(f"background_proposals must be 'merge' or 'keep', got {background_proposals!r}")
+    if mask_weighting not in MASK_WEIGHTINGS:
+        raise ValueError(f"mask_weighting must be one of {MASK_WEIGHTINGS}, got {mask_weighting!r}")
+    if background_proposals not in BACKGROUND_PROPOSALS:
+        raise ValueError(f"background_proposals must be one of {BACKGROUND_PROPOSALS}, got {background_proposals!r}")
     num_proposals, num_outputs = class_logits.shape
     num_classes = num_outputs - 1
     log_probs = F.log_softmax(class_logits.float(), dim=-1)
@@ -158,7 +181,9 @@ def merge_proposals(
         # log of the mean of the members' distributions
         masked = log_probs[None].expand(len(merged_categories), -1, -1).masked_fill(~group_members[..., None], -1e9)
         parts_log_probs.append(torch.logsumexp(masked, dim=1) - count.log())
-        weights = log_probs[:, merged_categories].t().exp()  # (G, N): p_i(c) of each merged category
+        weights = None
+        if mask_weighting == "class_probability":
+            weights = log_probs[:, merged_categories].t().exp()  # (G, N): p_i(c) of each merged category
         parts_masks.append(_merged_mask_logits(mask_logits, group_members, weights, mask_merge))
     return MergedPredictions(
         torch.cat(parts_log_probs, dim=0),

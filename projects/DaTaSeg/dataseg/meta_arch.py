@@ -22,7 +22,7 @@ from torch import nn
 from .criterion import DaTaSegCriterion
 from .merge import MERGE_BY_TASK
 from .pixel_decoder import MSDeformAttnPixelDecoder
-from .postprocess import instance_inference, panoptic_inference, semantic_inference
+from .postprocess import THING_FILTERS, instance_inference, panoptic_inference, semantic_inference
 from .transformer_decoder import MaskedAttentionDecoder
 from .vocabulary import DatasetVocabulary, thing_classes_of
 
@@ -62,6 +62,7 @@ class DaTaSeg(nn.Module):
         object_mask_threshold: float = 0.8,
         overlap_threshold: float = 0.8,
         max_detections_per_image: int = 100,
+        instance_thing_filter: str = "after_topk",
     ):
         """
         Args:
@@ -76,6 +77,8 @@ class DaTaSeg(nn.Module):
             semantic_on, panoptic_on, instance_on: inference outputs.
             object_mask_threshold, overlap_threshold: panoptic inference (Mask2Former: 0.8, 0.8).
             max_detections_per_image: instance inference (top-k pairs, Mask2Former: 100).
+            instance_thing_filter: "after_topk" (Mask2Former) or "before_topk": when stuff pairs are dropped
+                from the instance output (:func:`.postprocess.instance_inference`).
         """
         super().__init__()
         if not train_vocabularies:
@@ -89,6 +92,9 @@ class DaTaSeg(nn.Module):
         self.object_mask_threshold = object_mask_threshold
         self.overlap_threshold = overlap_threshold
         self.max_detections_per_image = max_detections_per_image
+        if instance_thing_filter not in THING_FILTERS:
+            raise ValueError(f"instance_thing_filter must be one of {THING_FILTERS}, got {instance_thing_filter!r}")
+        self.instance_thing_filter = instance_thing_filter
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
 
@@ -249,6 +255,7 @@ class DaTaSeg(nn.Module):
                     image_masks,
                     thing_classes if not all(thing_classes) else None,
                     max_detections=self.max_detections_per_image,
+                    thing_filter=self.instance_thing_filter,
                 )
             results.append(result)
         return results

@@ -18,8 +18,17 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from torch import nn
 
 from unidet2.modeling.detr import DeformableEncoder, DeformableEncoderLayer, SinePositionEmbedding
+from unidet2.modeling.ms_deform_attn import MSDeformAttn
 
-__all__ = ["MSDeformAttnPixelDecoder"]
+__all__ = ["MSDeformAttnPixelDecoder", "xavier_init_weight_matrices"]
+
+
+def xavier_init_weight_matrices(module: nn.Module) -> None:
+    """Xavier-uniform init of every parameter of ``module`` with more than one dimension (Mask2Former's
+    ``_reset_parameters`` of its encoder and decoder layers); vectors (biases, norms) keep their init."""
+    for parameter in module.parameters():
+        if parameter.dim() > 1:
+            nn.init.xavier_uniform_(parameter)
 
 
 class MSDeformAttnPixelDecoder(nn.Module):
@@ -45,6 +54,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         dropout: float = 0.0,
         transformer_in_features: Sequence[str] = ("res3", "res4", "res5"),
         norm: str = "GN",
+        xavier_init: bool = True,
     ):
         """
         Args:
@@ -57,6 +67,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
             dropout: encoder dropout.
             transformer_in_features: levels refined by the encoder (the others get the FPN path).
             norm: normalisation of the projections and FPN convs ("GN" = GroupNorm(32)).
+            xavier_init: Xavier-uniform init of every weight matrix of the deformable encoder, then the deformable
+                attention's own init of its sampling offsets and attention weights (Mask2Former); False keeps
+                PyTorch's default init of the encoder's linear layers.
         """
         super().__init__()
         shapes = sorted(input_shape.items(), key=lambda item: item[1].stride)
@@ -84,6 +97,11 @@ class MSDeformAttnPixelDecoder(nn.Module):
             DeformableEncoderLayer(hidden_dim, ffn_dim, dropout, "relu", self.num_levels, num_heads, num_points),
             num_encoder_layers,
         )
+        if xavier_init:
+            xavier_init_weight_matrices(self.encoder)
+            for module in self.encoder.modules():
+                if isinstance(module, MSDeformAttn):
+                    module.reset_parameters()
 
         # FPN path for the levels finer than the encoder's (finest last).
         self.fpn_features = [n for n in self.in_features if n not in self.transformer_in_features][::-1]

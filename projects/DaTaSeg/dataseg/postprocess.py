@@ -1,4 +1,4 @@
-"""Task-specific post-processing of the shared proposals (``dataseg.md`` §5; Mask2Former's inference rules).
+"""Task-specific post-processing of the shared proposals (README, "Inference"; Mask2Former's inference rules).
 
 All three take one image's proposals at output resolution -- class logits (N, C + 1) over the test dataset's
 vocabulary plus the background, mask logits (N, H, W) -- and return detectron2's output formats.
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.structures import BitMasks, Instances
 
-__all__ = ["instance_inference", "panoptic_inference", "semantic_inference"]
+__all__ = ["THING_FILTERS", "instance_inference", "panoptic_inference", "semantic_inference"]
 
 
 def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
@@ -77,30 +77,45 @@ def panoptic_inference(
     return panoptic_seg, segments_info
 
 
+THING_FILTERS = ("after_topk", "before_topk")
+
+
 def instance_inference(
     class_logits: torch.Tensor,
     mask_logits: torch.Tensor,
     thing_classes: Sequence[bool] | None = None,
     *,
     max_detections: int = 100,
+    thing_filter: str = "after_topk",
 ) -> Instances:
     """Mask2Former's instance inference: the top-k (proposal, class) pairs by class probability, no NMS.
 
     score = p_i(c) * (mean of sigmoid(m_i) over its binarised foreground); masks are ``m_i > 0`` and boxes their
-    tight boxes. Only thing classes are output when ``thing_classes`` is given.
+    tight boxes. When ``thing_classes`` is given, only thing classes are output:
+
+    * ``thing_filter="after_topk"`` (Mask2Former): the top-k is taken over every class, then stuff pairs are
+      dropped, so fewer than k detections may remain;
+    * ``"before_topk"``: stuff pairs are excluded first, so the top-k holds k thing pairs.
 
     Returns:
         Instances of image size (H, W) with pred_masks (K, H, W) bool, pred_boxes, scores, pred_classes.
     """
+    if thing_filter not in THING_FILTERS:
+        raise ValueError(f"thing_filter must be one of {THING_FILTERS}, got {thing_filter!r}")
     num_classes = class_logits.shape[-1] - 1
     probs = F.softmax(class_logits.float(), dim=-1)[:, :-1]
+    is_thing = None
     if thing_classes is not None:
         is_thing = torch.as_tensor(list(thing_classes), dtype=torch.bool, device=probs.device)
-        probs = probs.masked_fill(~is_thing[None, :], -1.0)  # never selected while a thing pair remains
+        if thing_filter == "before_topk":
+            probs = probs.masked_fill(~is_thing[None, :], -1.0)  # never selected while a thing pair remains
     flat = probs.flatten()
     num_valid = int((flat >= 0).sum())
     scores, indices = flat.topk(min(max_detections, num_valid), sorted=True)
     labels = indices % num_classes
+    if is_thing is not None:
+        keep = is_thing[labels]
+        scores, indices, labels = scores[keep], indices[keep], labels[keep]
     proposal = torch.div(indices, num_classes, rounding_mode="floor")
     masks = mask_logits[proposal].float()
     binary = masks > 0

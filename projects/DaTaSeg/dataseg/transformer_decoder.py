@@ -23,6 +23,8 @@ from torch import nn
 from unidet2.modeling.detr import SinePositionEmbedding
 from unidet2.modeling.text_classifier import TextEmbeddingClassifier
 
+from .pixel_decoder import xavier_init_weight_matrices
+
 __all__ = ["MaskedAttentionDecoder", "text_logits"]
 
 
@@ -112,6 +114,7 @@ class MaskedAttentionDecoder(nn.Module):
         num_layers: int = 9,
         num_feature_levels: int = 3,
         dropout: float = 0.0,
+        xavier_init: bool = True,
     ):
         """
         Args:
@@ -125,6 +128,9 @@ class MaskedAttentionDecoder(nn.Module):
             num_layers: decoder layers (Mask2Former: 9 = 3 rounds over 3 levels).
             num_feature_levels: feature levels cycled through.
             dropout: attention / FFN dropout.
+            xavier_init: Xavier-uniform init of every weight matrix of the cross-attention, self-attention and FFN
+                layers (Mask2Former); False keeps PyTorch's defaults. The queries, the classifier and the mask
+                MLP keep their own init either way, as in Mask2Former.
         """
         super().__init__()
         if classifier.background != "learnable":
@@ -139,6 +145,9 @@ class MaskedAttentionDecoder(nn.Module):
         self.cross_attention = nn.ModuleList(_AttentionLayer(hidden_dim, num_heads, dropout) for _ in range(num_layers))
         self.self_attention = nn.ModuleList(_AttentionLayer(hidden_dim, num_heads, dropout) for _ in range(num_layers))
         self.ffn = nn.ModuleList(_FeedForwardLayer(hidden_dim, ffn_dim, dropout) for _ in range(num_layers))
+        if xavier_init:
+            for layers in (self.cross_attention, self.self_attention, self.ffn):
+                xavier_init_weight_matrices(layers)
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.query_feat = nn.Embedding(num_queries, hidden_dim)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)

@@ -6,6 +6,7 @@ from .ade_context import register_all_ade20k, register_all_pascal_context
 from .cityscapes import register_all_cityscapes
 from .coco import register_all_coco, register_all_objects365
 from .lvis import register_all_lvis
+from .objects365_masks import register_all_objects365_mask_subset
 from .odinw import register_all_odinw
 from .openimages import register_all_openimages
 
@@ -25,6 +26,7 @@ def register_all(root: str | None = None) -> None:
     """
     register_all_coco(root)
     register_all_objects365(root)
+    register_all_objects365_mask_subset(root)
     register_all_lvis(root)
     register_all_openimages(root)
     register_all_ade20k(root)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +32,16 @@ from .render import (
     to_uint8,
 )
 from .specs import (
+    CONCEPT_SYNONYMS,
     LVIS_REFERENCE_THRESHOLDS,
     TOP_STUFF,
     ClassSpec,
     InstanceSetSpec,
     LvisSetSpec,
+    MaskSubsetSpec,
     SegSetSpec,
     expected_lvis_image_counts,
+    upstream_class,
 )
 
 JPEG_SETTINGS = {"format": "JPEG", "quality": 92, "subsampling": 0, "optimize": False}
@@ -413,174 +417,330 @@ def build_lvis_set(spec: LvisSetSpec, out_dir: Path, seed: int) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- panoptic / semantic sets
-def build_seg_set(spec: SegSetSpec, out_dir: Path, seed: int) -> list[dict]:
-    """COCO-panoptic set (panoptic PNG + json, semantic PNGs derived from it, things-only instances json)
-    or a semantic-only set (semantic PNGs of contiguous ids, 255 = ignore)."""
+@dataclass(frozen=True)
+class _SegClasses:
+    """Class layout of a panoptic / semantic spec: things first, then stuff, with their json ids.
+
+    Contiguous ids are things 0..T-1 and stuff T..T+S-1 (class order); ``dataset_ids[contiguous]`` is the json id.
+    ``top`` / ``ground`` index ``stuff``: the classes painted in the upper part of a scene and the others.
+    """
+
+    things: list[ClassSpec]
+    stuff: list[ClassSpec]
+    thing_ids: list[int]
+    stuff_ids: list[int]
+    top: list[int]
+    ground: list[int]
+
+    @property
+    def dataset_ids(self) -> list[int]:
+        return self.thing_ids + self.stuff_ids
+
+
+def _seg_classes(spec: SegSetSpec) -> _SegClasses:
+    """Split and check the classes of a panoptic / semantic spec."""
     if spec.task not in ("panoptic", "semantic"):
         raise ValueError(f"{spec.name}: task {spec.task!r} is not panoptic or semantic")
     things = [c for c in spec.classes if c.isthing]
     stuff = [c for c in spec.classes if not c.isthing]
     if list(spec.classes) != things + stuff:
         raise ValueError(f"{spec.name}: classes must list things first, then stuff")
-    num_things = len(things)
-    thing_ids = list(range(1, num_things + 1))
-    stuff_ids = [spec.stuff_id_offset + 1 + s for s in range(len(stuff))]
-    dataset_ids = thing_ids + stuff_ids
     top = [s for s, c in enumerate(stuff) if c.concept in TOP_STUFF]
     ground = [s for s, c in enumerate(stuff) if c.concept not in TOP_STUFF]
     if not top or not ground:
         raise ValueError(f"{spec.name}: needs at least one upper ({sorted(TOP_STUFF)}) and one ground stuff class")
-    base = out_dir / spec.name
+    return _SegClasses(
+        things=things,
+        stuff=stuff,
+        thing_ids=list(range(1, len(things) + 1)),
+        stuff_ids=[spec.stuff_id_offset + 1 + s for s in range(len(stuff))],
+        top=top,
+        ground=ground,
+    )
+
+
+@dataclass
+class _SegScene:
+    """One rendered scene: the image, its things, the semantic label map (contiguous ids, 255 = unlabelled) and
+    its segments (contiguous id, mask): stuff regions first in class order, then one per thing."""
+
+    canvas: np.ndarray
+    objects: list[RenderedObject]
+    semantic: np.ndarray
+    segments: list[tuple[int, np.ndarray]]
+
+
+def _render_seg_scene(rng: np.random.Generator, spec: SegSetSpec, classes: _SegClasses) -> _SegScene:
+    """Stuff layout, void clutter and things of one image (the order of the draws from ``rng`` is fixed)."""
     height, width = spec.image_size
+    stuff_labels = stuff_layout(rng, height, width, classes.top, classes.ground)
+    canvas = paint_stuff(rng, stuff_labels, [c.concept for c in classes.stuff])
+    void = clutter_blobs(rng, canvas, int(rng.integers(0, spec.void_blobs_max + 1)))
+    num_objects = int(rng.integers(spec.objects_per_image[0], spec.objects_per_image[1] + 1))
+    num_things = len(classes.things)
+    requests = [
+        ObjectRequest(classes.things[int(k)].concept, int(k)) for k in rng.integers(num_things, size=num_objects)
+    ]
+    objects = compose_scene(rng, canvas, requests, spec.size_range, spec.max_occlusion, SATURATED_COLOURS, TEXTURES)
+    thing_pixels = np.zeros((height, width), dtype=bool)
+    for obj in objects:
+        thing_pixels |= obj.visible
+    void &= ~thing_pixels
+
+    semantic = np.full((height, width), IGNORE_LABEL, dtype=np.uint8)
+    segments: list[tuple[int, np.ndarray]] = []
+    for s in range(len(classes.stuff)):
+        region = (stuff_labels == s) & ~void & ~thing_pixels
+        if region.any():
+            semantic[region] = num_things + s
+            segments.append((num_things + s, region))
+    for obj in objects:
+        semantic[obj.visible] = obj.label
+        segments.append((obj.label, obj.visible))
+    return _SegScene(canvas, objects, semantic, segments)
+
+
+def _write_panoptic_png(path: Path, scene: _SegScene, dataset_ids: list[int]) -> list[dict]:
+    """Write the COCO-panoptic PNG of a scene; returns its ``segments_info``.
+
+    Segment ids are ``category_id * PANOPTIC_LABEL_DIVISOR + k`` (k-th segment of the category in the image),
+    stored as R + 256 G + 256^2 B with 0 = void.
+    """
+    pan_ids = np.zeros(scene.semantic.shape, dtype=np.uint32)
+    segments_info = []
+    per_category: dict[int, int] = {}
+    for contiguous, mask in scene.segments:
+        category_id = dataset_ids[contiguous]
+        per_category[category_id] = per_category.get(category_id, 0) + 1
+        segment_id = category_id * PANOPTIC_LABEL_DIVISOR + per_category[category_id]
+        pan_ids[mask] = segment_id
+        segments_info.append(
+            {
+                "id": segment_id,
+                "category_id": category_id,
+                "iscrowd": 0,
+                "bbox": mask_bbox(mask),
+                "area": int(mask.sum()),
+            }
+        )
+    rgb = np.stack([pan_ids % 256, (pan_ids // 256) % 256, pan_ids // 65536], axis=-1).astype(np.uint8)
+    save_png(path, rgb)
+    return segments_info
+
+
+def _thing_instances(
+    objects: list[RenderedObject], thing_ids: list[int], image_id: int, first_ann_id: int
+) -> list[dict]:
+    """COCO instance annotations (RLE masks) of a scene's things, ids from ``first_ann_id`` on."""
+    return [
+        {
+            "id": first_ann_id + k,
+            "image_id": image_id,
+            "category_id": thing_ids[obj.label],
+            "segmentation": mask_to_rle(obj.visible),
+            "area": int(obj.visible.sum()),
+            "bbox": mask_bbox(obj.visible),
+            "iscrowd": 0,
+        }
+        for k, obj in enumerate(objects)
+    ]
+
+
+@dataclass
+class _SegSplit:
+    """What one split of a panoptic / semantic set wrote: folders and the json lists."""
+
+    image_dir: Path
+    sem_dir: Path
+    pan_dir: Path
+    images: list[dict] = field(default_factory=list)
+    pan_annotations: list[dict] = field(default_factory=list)
+    instances: list[dict] = field(default_factory=list)
+
+
+def _render_seg_split(
+    spec: SegSetSpec,
+    classes: _SegClasses,
+    split: str,
+    num_images: int,
+    seed: int,
+    base: Path,
+    image_id: int,
+    ann_id: int,
+) -> _SegSplit:
+    """Render and write the images, semantic PNGs and (panoptic) PNGs of one split; ids start at the given ones."""
+    rng = split_rng(seed, spec.name, split)
+    panoptic = spec.task == "panoptic"
+    written = _SegSplit(
+        image_dir=base / "images" / split,
+        sem_dir=base / ("panoptic_semseg" if panoptic else "sem_seg") / split,
+        pan_dir=base / "panoptic" / split,
+    )
+    for folder in (written.image_dir, written.sem_dir) + ((written.pan_dir,) if panoptic else ()):
+        folder.mkdir(parents=True, exist_ok=True)
+    height, width = spec.image_size
+    for _ in range(num_images):
+        scene = _render_seg_scene(rng, spec, classes)
+        file_stem = f"{image_id:06d}"
+        save_jpeg(written.image_dir / f"{file_stem}.jpg", to_uint8(scene.canvas))
+        save_png(written.sem_dir / f"{file_stem}.png", scene.semantic)
+        written.images.append(
+            {"id": image_id, "file_name": f"{file_stem}.jpg", "height": height, "width": width, "license": 1}
+        )
+        if panoptic:
+            segments_info = _write_panoptic_png(written.pan_dir / f"{file_stem}.png", scene, classes.dataset_ids)
+            written.pan_annotations.append(
+                {"image_id": image_id, "file_name": f"{file_stem}.png", "segments_info": segments_info}
+            )
+            written.instances += _thing_instances(scene.objects, classes.thing_ids, image_id, ann_id)
+            ann_id += len(scene.objects)
+        image_id += 1
+    return written
+
+
+def _write_panoptic_jsons(
+    spec: SegSetSpec, classes: _SegClasses, split: str, written: _SegSplit, out_dir: Path
+) -> dict:
+    """Panoptic json and things-only instances json of one split; returns the manifest fields they add."""
+    base = out_dir / spec.name
+    categories = [
+        {
+            "id": cid,
+            "name": c.name,
+            "isthing": int(c.isthing),
+            "color": category_colour(cid),
+            "supercategory": "shape" if c.isthing else "stuff",
+        }
+        for cid, c in zip(classes.dataset_ids, spec.classes)
+    ]
+    common = {"info": _info(spec.name), "licenses": LICENSES, "images": written.images}
+    pan_json = base / "annotations" / f"panoptic_{split}.json"
+    write_json(pan_json, {**common, "annotations": written.pan_annotations, "categories": categories})
+    inst_json = base / "annotations" / f"instances_{split}.json"
+    write_json(
+        inst_json, {**common, "annotations": written.instances, "categories": [c for c in categories if c["isthing"]]}
+    )
+    return {
+        "format": "coco_panoptic",
+        "evaluator_type": "coco_panoptic_seg",
+        "panoptic_json": _rel(pan_json, out_dir),
+        "panoptic_root": _rel(written.pan_dir, out_dir),
+        "json_file": _rel(inst_json, out_dir),
+        "category_ids": classes.dataset_ids,
+        "thing_dataset_ids": classes.thing_ids,
+        "stuff_dataset_ids": classes.stuff_ids,
+        "label_divisor": PANOPTIC_LABEL_DIVISOR,
+        "num_instances": len(written.instances),
+    }
+
+
+def build_seg_set(spec: SegSetSpec, out_dir: Path, seed: int) -> list[dict]:
+    """COCO-panoptic set (panoptic PNG + json, semantic PNGs derived from it, things-only instances json)
+    or a semantic-only set (semantic PNGs of contiguous ids, 255 = ignore)."""
+    classes = _seg_classes(spec)
+    base = out_dir / spec.name
     entries = []
     image_id, ann_id = 1, 1
     for split, num_images in spec.splits:
-        rng = split_rng(seed, spec.name, split)
-        image_dir = base / "images" / split
-        sem_dir = base / ("panoptic_semseg" if spec.task == "panoptic" else "sem_seg") / split
-        pan_dir = base / "panoptic" / split
-        for folder in (image_dir, sem_dir) + ((pan_dir,) if spec.task == "panoptic" else ()):
-            folder.mkdir(parents=True, exist_ok=True)
-        images, pan_annotations, instances = [], [], []
-        for _ in range(num_images):
-            stuff_labels = stuff_layout(rng, height, width, top, ground)
-            canvas = paint_stuff(rng, stuff_labels, [c.concept for c in stuff])
-            void = clutter_blobs(rng, canvas, int(rng.integers(0, spec.void_blobs_max + 1)))
-            num_objects = int(rng.integers(spec.objects_per_image[0], spec.objects_per_image[1] + 1))
-            requests = [
-                ObjectRequest(things[int(k)].concept, int(k)) for k in rng.integers(num_things, size=num_objects)
-            ]
-            objects = compose_scene(
-                rng, canvas, requests, spec.size_range, spec.max_occlusion, SATURATED_COLOURS, TEXTURES
-            )
-            thing_pixels = np.zeros((height, width), dtype=bool)
-            for obj in objects:
-                thing_pixels |= obj.visible
-            void &= ~thing_pixels
-
-            # Contiguous ids: things 0..T-1, stuff T..T+S-1 (class order); 255 where nothing is labelled.
-            semantic = np.full((height, width), IGNORE_LABEL, dtype=np.uint8)
-            segments: list[tuple[int, np.ndarray]] = []
-            for s in range(len(stuff)):
-                region = (stuff_labels == s) & ~void & ~thing_pixels
-                if region.any():
-                    semantic[region] = num_things + s
-                    segments.append((num_things + s, region))
-            for obj in objects:
-                semantic[obj.visible] = obj.label
-                segments.append((obj.label, obj.visible))
-
-            file_stem = f"{image_id:06d}"
-            save_jpeg(image_dir / f"{file_stem}.jpg", to_uint8(canvas))
-            save_png(sem_dir / f"{file_stem}.png", semantic)
-            images.append(
-                {"id": image_id, "file_name": f"{file_stem}.jpg", "height": height, "width": width, "license": 1}
-            )
-            if spec.task == "panoptic":
-                pan_ids = np.zeros((height, width), dtype=np.uint32)
-                segments_info = []
-                per_category: dict[int, int] = {}
-                for contiguous, mask in segments:
-                    category_id = dataset_ids[contiguous]
-                    per_category[category_id] = per_category.get(category_id, 0) + 1
-                    segment_id = category_id * PANOPTIC_LABEL_DIVISOR + per_category[category_id]
-                    pan_ids[mask] = segment_id
-                    segments_info.append(
-                        {
-                            "id": segment_id,
-                            "category_id": category_id,
-                            "iscrowd": 0,
-                            "bbox": mask_bbox(mask),
-                            "area": int(mask.sum()),
-                        }
-                    )
-                # COCO panoptic PNG: id = R + 256 * G + 256^2 * B, 0 = void.
-                rgb = np.stack([pan_ids % 256, (pan_ids // 256) % 256, pan_ids // 65536], axis=-1).astype(np.uint8)
-                save_png(pan_dir / f"{file_stem}.png", rgb)
-                pan_annotations.append(
-                    {"image_id": image_id, "file_name": f"{file_stem}.png", "segments_info": segments_info}
-                )
-                for obj in objects:
-                    instances.append(
-                        {
-                            "id": ann_id,
-                            "image_id": image_id,
-                            "category_id": thing_ids[obj.label],
-                            "segmentation": mask_to_rle(obj.visible),
-                            "area": int(obj.visible.sum()),
-                            "bbox": mask_bbox(obj.visible),
-                            "iscrowd": 0,
-                        }
-                    )
-                    ann_id += 1
-            image_id += 1
-
-        name = f"{spec.name}_{split}"
+        written = _render_seg_split(spec, classes, split, num_images, seed, base, image_id, ann_id)
+        image_id += len(written.images)
+        ann_id += len(written.instances)
         entry = {
-            "name": name,
+            "name": f"{spec.name}_{split}",
             "base": spec.name,
             "split": split,
             "role": spec.role,
             "task": spec.task,
-            "image_root": _rel(image_dir, out_dir),
-            "sem_seg_root": _rel(sem_dir, out_dir),
+            "image_root": _rel(written.image_dir, out_dir),
+            "sem_seg_root": _rel(written.sem_dir, out_dir),
             **_vocab_fields(spec.classes),
             "isthing": [c.isthing for c in spec.classes],
             "ignore_label": IGNORE_LABEL,
-            "image_size_hw": [height, width],
-            "num_images": len(images),
+            "image_size_hw": list(spec.image_size),
+            "num_images": len(written.images),
         }
         if spec.task == "panoptic":
-            categories = [
-                {
-                    "id": cid,
-                    "name": c.name,
-                    "isthing": int(c.isthing),
-                    "color": category_colour(cid),
-                    "supercategory": "shape" if c.isthing else "stuff",
-                }
-                for cid, c in zip(dataset_ids, spec.classes)
-            ]
-            pan_json = base / "annotations" / f"panoptic_{split}.json"
-            write_json(
-                pan_json,
-                {
-                    "info": _info(spec.name),
-                    "licenses": LICENSES,
-                    "images": images,
-                    "annotations": pan_annotations,
-                    "categories": categories,
-                },
-            )
-            inst_json = base / "annotations" / f"instances_{split}.json"
-            write_json(
-                inst_json,
-                {
-                    "info": _info(spec.name),
-                    "licenses": LICENSES,
-                    "images": images,
-                    "annotations": instances,
-                    "categories": [c for c in categories if c["isthing"]],
-                },
-            )
-            entry.update(
-                {
-                    "format": "coco_panoptic",
-                    "evaluator_type": "coco_panoptic_seg",
-                    "panoptic_json": _rel(pan_json, out_dir),
-                    "panoptic_root": _rel(pan_dir, out_dir),
-                    "json_file": _rel(inst_json, out_dir),
-                    "category_ids": dataset_ids,
-                    "thing_dataset_ids": thing_ids,
-                    "stuff_dataset_ids": stuff_ids,
-                    "label_divisor": PANOPTIC_LABEL_DIVISOR,
-                    "num_instances": len(instances),
-                }
-            )
+            entry.update(_write_panoptic_jsons(spec, classes, split, written, out_dir))
         else:
             entry.update({"format": "sem_seg", "evaluator_type": "sem_seg"})
         entries.append(entry)
     return entries
+
+
+# ------------------------------------------------------------- mask subset of a box-only set (DaTaSeg)
+# Objects365 json file names are "images/v<k>/patch<N>/<file>"; readers keep the last two parts under the image root.
+OBJECTS365_FILE_PREFIX = "images/v2"
+
+
+def _class_of_upstream_name(name: str) -> ClassSpec:
+    """The class a box-only set named ``name`` (an upstream name of one concept), with that concept's synonyms."""
+    for concept, names in CONCEPT_SYNONYMS.items():
+        if name in names:
+            return upstream_class(name, concept)
+    raise ValueError(f"{name!r} is not an upstream name of any concept; a mask subset needs the box set's classes")
+
+
+def build_mask_subset(spec: MaskSubsetSpec, out_dir: Path, seed: int) -> list[dict]:
+    """A mask-annotated subset of a box-only set's split in the Objects365 mask-benchmark layout.
+
+    Reads the held-out masks json the box-only set wrote (so its source must be built first), draws
+    ``spec.num_images`` of its images and writes ``<name>/annotations/instances_<split>.json`` with their masks
+    and Objects365-style file names that point at the source's images (no image is copied).
+    """
+    source_json = out_dir / spec.source / "annotations" / f"heldout_masks_{spec.split}.json"
+    if not source_json.is_file():
+        raise FileNotFoundError(
+            f"{spec.name}: {source_json} is missing; the box-only set {spec.source!r} (split {spec.split!r}) must "
+            "come earlier in the preset"
+        )
+    with open(source_json) as f:
+        source = json.load(f)
+    if spec.num_images > len(source["images"]):
+        raise ValueError(f"{spec.name}: {spec.num_images} images asked of {len(source['images'])} in {source_json}")
+    rng = split_rng(seed, spec.name, spec.split)
+    chosen = sorted(int(i) for i in rng.choice(len(source["images"]), size=spec.num_images, replace=False))
+    images = [
+        {
+            **source["images"][i],
+            "file_name": f"{OBJECTS365_FILE_PREFIX}/{spec.split}/{source['images'][i]['file_name']}",
+        }
+        for i in chosen
+    ]
+    image_ids = {image["id"] for image in images}
+    annotations = [ann for ann in source["annotations"] if ann["image_id"] in image_ids]
+    json_path = out_dir / spec.name / "annotations" / f"instances_{spec.split}.json"
+    write_json(
+        json_path,
+        {
+            "info": _info(spec.name),
+            "licenses": source["licenses"],
+            "images": images,
+            "annotations": annotations,
+            "categories": source["categories"],
+        },
+    )
+    categories = sorted(source["categories"], key=lambda c: c["id"])
+    return [
+        {
+            "name": f"{spec.name}_{spec.split}",
+            "base": spec.name,
+            "split": spec.split,
+            "role": spec.role,
+            "task": "instance",
+            "format": "objects365_mask_subset",
+            "evaluator_type": "coco",
+            "json_file": _rel(json_path, out_dir),
+            # the images of the source split: "<root>/<folder>/<file>" with <folder> = the split
+            "image_root": _rel(out_dir / spec.source / "images", out_dir),
+            **_vocab_fields(tuple(_class_of_upstream_name(c["name"]) for c in categories)),
+            "category_ids": [c["id"] for c in categories],
+            "has_masks": True,
+            "eval_only": True,
+            "box_dataset": f"{spec.source}_train",
+            "num_images": len(images),
+            "num_instances": len(annotations),
+        }
+    ]
 
 
 def build_dataset(spec, out_dir: Path, seed: int) -> list[dict]:
@@ -591,4 +751,6 @@ def build_dataset(spec, out_dir: Path, seed: int) -> list[dict]:
         return build_lvis_set(spec, out_dir, seed)
     if isinstance(spec, SegSetSpec):
         return build_seg_set(spec, out_dir, seed)
+    if isinstance(spec, MaskSubsetSpec):
+        return build_mask_subset(spec, out_dir, seed)
     raise TypeError(f"unknown dataset spec type {type(spec).__name__}")

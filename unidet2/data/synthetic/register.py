@@ -152,11 +152,27 @@ def _semantic_dataset(entry: dict, root: Path, name: str) -> tuple[Callable[[], 
     return lambda: _load_semantic(entry, root, name), meta
 
 
+def _objects365_mask_subset_dataset(entry: dict, root: Path, name: str) -> tuple[Callable[[], list[dict]], dict]:
+    # Read by the loader of the real Objects365 mask benchmark (Objects365 file names, a mask on every annotation).
+    from unidet2.data.datasets.objects365_masks import load_objects365_mask_subset
+
+    json_file, image_root = str(root / entry["json_file"]), str(root / entry["image_root"])
+    meta = _common_metadata(entry, root)
+    meta.update(
+        thing_classes=list(entry["vocabulary"]),
+        thing_dataset_id_to_contiguous_id={int(cid): i for i, cid in enumerate(entry["category_ids"])},
+        json_file=json_file,
+        box_dataset=entry["box_dataset"],
+    )
+    return lambda: _stamp(load_objects365_mask_subset(json_file, image_root), name, "instance"), meta
+
+
 _BUILDERS = {
     "coco": _coco_dataset,
     "lvis": _lvis_dataset,
     "coco_panoptic": _panoptic_dataset,
     "sem_seg": _semantic_dataset,
+    "objects365_mask_subset": _objects365_mask_subset_dataset,
 }
 
 

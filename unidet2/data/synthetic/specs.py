@@ -447,3 +447,33 @@ PRESETS: dict[str, Preset] = {
         datasets=_dataseg_sets(side=160, train=300, val=60),
     ),
 }
+
+
+# ------------------------------------------------- mask-annotated subset of a box-only set (DaTaSeg)
+@dataclass(frozen=True)
+class MaskSubsetSpec:
+    """A few images of a box-only set's split with their instance masks, written like DaTaSeg's Objects365
+    instance-mask benchmark (a COCO json with masks over Objects365 val images, whose ``file_name`` follows the
+    Objects365 layout ``images/v<k>/<folder>/<file>``). It is evaluation-only: the box-to-mask transfer of a
+    model trained on the box labels of ``source`` is measured on it. Built after ``source`` (same preset, later).
+
+    Attributes:
+        name: dataset base name; the registered name is ``<name>_<split>``.
+        source: name of an :class:`InstanceSetSpec` with task "box" in the same preset.
+        split: the source split the images come from.
+        num_images: images drawn (without replacement, seeded) from that split.
+    """
+
+    name: str
+    source: str
+    split: str
+    num_images: int
+    role: str = "upstream"
+
+
+PRESETS["panoptic"] = Preset(
+    name="panoptic",
+    description=PRESETS["panoptic"].description + "; a 40-image mask-annotated subset of the box-only val split "
+    "(the Objects365 instance-mask benchmark's counterpart)",
+    datasets=(*PRESETS["panoptic"].datasets, MaskSubsetSpec("synth_boxes_mask_subset", "synth_boxes", "val", 40)),
+)

@@ -1,4 +1,4 @@
-"""DaTaSeg with a ResNet-50 (Mask2Former's R50 setting, ``dataseg.md`` §6 [I] defaults): 6-layer deformable
+"""DaTaSeg with a ResNet-50 (Mask2Former's R50 setting; README, "Hyper-parameters"): 6-layer deformable
 pixel decoder (256-d, FFN 1024), 9-layer masked-attention decoder (100 queries, FFN 2048), 12,544 sampled points,
 text classifier of CLIP ViT-L/14 text embeddings (768-d) with a prompt ensemble, temperature 0.07, one shared
 learnable background embedding. Inputs are RGB (torchvision R-50 weights).
@@ -44,6 +44,7 @@ model = L(DaTaSeg)(
         num_points=4,
         transformer_in_features=("res3", "res4", "res5"),
         norm="GN",
+        xavier_init=True,
     ),
     transformer_decoder=L(MaskedAttentionDecoder)(
         in_channels=HIDDEN_DIM,
@@ -60,6 +61,7 @@ model = L(DaTaSeg)(
         ffn_dim=2048,
         num_layers=9,
         num_feature_levels=3,
+        xavier_init=True,
     ),
     criterion=L(DaTaSegCriterion)(
         matcher=L(DaTaSegMatcher)(
@@ -74,6 +76,7 @@ model = L(DaTaSeg)(
         oversample_ratio=3.0,
         importance_sample_ratio=0.75,
         mask_merge="noisy_or",
+        mask_weighting="none",
         background_proposals="merge",
         deep_supervision=True,
     ),
@@ -88,4 +91,5 @@ model = L(DaTaSeg)(
     object_mask_threshold=0.8,
     overlap_threshold=0.8,
     max_detections_per_image=100,
+    instance_thing_filter="after_topk",
 )

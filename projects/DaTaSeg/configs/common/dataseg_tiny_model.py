@@ -27,8 +27,13 @@ model.pixel_decoder.update(
     hidden_dim=HIDDEN_DIM, mask_dim=HIDDEN_DIM, num_encoder_layers=2, ffn_dim=2 * HIDDEN_DIM, num_heads=4
 )
 model.transformer_decoder.update(
-    in_channels=HIDDEN_DIM, hidden_dim=HIDDEN_DIM, mask_dim=HIDDEN_DIM, num_queries=16, num_heads=4,
-    ffn_dim=2 * HIDDEN_DIM, num_layers=3,
+    in_channels=HIDDEN_DIM,
+    hidden_dim=HIDDEN_DIM,
+    mask_dim=HIDDEN_DIM,
+    num_queries=16,
+    num_heads=4,
+    ffn_dim=2 * HIDDEN_DIM,
+    num_layers=3,
 )
 model.transformer_decoder.classifier.input_dim = HIDDEN_DIM
 model.criterion.num_points = NUM_POINTS
