@@ -6,11 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from projects.CoDETR.codetr import AuxTargets, CoDETR, build_positive_queries
+from projects.CoDETR.codetr import AuxTargets, CoDETR, LearnedQueries, build_positive_queries
 from unidet2.data.label_space import label_similarity
 from unidet2.modeling import find_text_classifiers, restore_vocabulary, set_vocabulary
 
@@ -32,7 +33,7 @@ def _single_torch_thread():
 def _config(name="co_deformable_detr_synthetic.py"):
     cfg = LazyConfig.load(str(CONFIGS / name))
     cfg.model.num_classes = NUM_CLASSES
-    cfg.model.num_queries = 12
+    cfg.model.query_selection.num_queries = 12
     cfg.model.aux_heads[0].post_nms_topk = 50
     cfg.model.aux_heads[0].roi_batch_size_per_image = 32
     return cfg
@@ -83,14 +84,14 @@ def test_forward_backward_every_branch():
         "backbone": model.backbone.stem[0][0].weight,
         "encoder": model.transformer.encoder.layers[0].self_attn.value_proj.weight,
         "decoder": model.transformer.decoder.layers[-1].cross_attn.sampling_offsets.weight,
-        "adapter level": model.adapter_downsample[0].weight,
+        "adapter level": model.adapter.downsample[0].weight,
         "RPN": model.aux_heads[0].rpn.rpn_head.conv.weight,
         "RoI head": model.aux_heads[0].roi_heads.box_head.fc1.weight,
         "ATSS": model.aux_heads[1].cls_logits.weight,
-        "positive-query projection 0": model.aux_pos_trans[0].weight,
-        "positive-query feature 1": model.pos_feats_trans[1].weight,
-        "head embedding": model.head_pos_embed.weight,
-        "mixed-selection content": model.query_embed.weight,
+        "positive-query projection 0": model.positive_queries.aux_pos_trans[0].weight,
+        "positive-query feature 1": model.positive_queries.pos_feats_trans[1].weight,
+        "head embedding": model.positive_queries.head_pos_embed.weight,
+        "mixed-selection content": model.query_selection.query_embed.weight,
     }
     for what, parameter in reached.items():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"no gradient reaches the {what}"
@@ -110,37 +111,60 @@ def test_image_without_annotations_under_bf16_autocast():
     assert result[0]["instances"].scores.dtype == torch.float32
 
 
+def _spy(monkeypatch, owner, name, record, pick=lambda out: out):
+    original = getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        record.append({k: v.detach().clone() for k, v in pick(out).items()})
+        return out
+
+    monkeypatch.setattr(owner, name, spy)
+
+
 def test_loss_weights_lambda_1_and_lambda_2(monkeypatch):
     cfg = _config()
-    cfg.model.lambda_1 = 0.5
-    cfg.model.lambda_2 = 3.0
+    cfg.model.criterion.lambda_1 = 0.5
+    cfg.model.criterion.lambda_2 = 3.0
     model = _build(cfg)
-    assert model.aux_loss_scale == model.num_decoder_layers * 3.0
+    layers = model.num_decoder_layers
+    assert model.criterion.aux_loss_scale == layers * 3.0
 
-    raw_head_losses, raw_positive_losses = [], []
-    atss = model.aux_heads[1]
-    original_atss, original_fixed = atss.forward, model.criterion.fixed_assignment_loss
-
-    def atss_spy(*args, **kwargs):
-        out = original_atss(*args, **kwargs)
-        raw_head_losses.append({k: v.detach().clone() for k, v in out[0].items()})
-        return out
-
-    def fixed_spy(*args, **kwargs):
-        out = original_fixed(*args, **kwargs)
-        raw_positive_losses.append({k: v.detach().clone() for k, v in out.items()})
-        return out
-
-    monkeypatch.setattr(atss, "forward", atss_spy)
-    monkeypatch.setattr(model.criterion, "fixed_assignment_loss", fixed_spy)
+    raw_heads = [[] for _ in model.aux_heads]
+    for k, head in enumerate(model.aux_heads):
+        _spy(monkeypatch, head, "forward", raw_heads[k], pick=lambda out: out[0])
+    raw_positive, raw_hungarian, raw_encoder = [], [], []
+    _spy(monkeypatch, model.criterion.set_criterion, "fixed_assignment_loss", raw_positive)
+    _spy(monkeypatch, model.criterion.set_criterion, "hungarian_loss", raw_hungarian)
+    _spy(monkeypatch, model.criterion.encoder_criterion, "hungarian_loss", raw_encoder)
     losses = _train_losses(model, _inputs())
-    for name, raw in raw_head_losses[0].items():
-        torch.testing.assert_close(losses[f"{name}_aux1"].detach(), raw * model.num_decoder_layers * 3.0)
-    # fixed_assignment_loss is called per head, then per layer
-    for index, raw in enumerate(raw_positive_losses):
-        head, layer = divmod(index, model.num_decoder_layers)
+
+    # lambda_2: every loss of both heads (Faster R-CNN's RPN + RoI losses, ATSS's three) x L * lambda_2
+    assert set(raw_heads[0][0]) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
+    assert set(raw_heads[1][0]) == {"loss_atss_cls", "loss_atss_giou", "loss_atss_centerness"}
+    for k, records in enumerate(raw_heads):
+        for name, raw in records[0].items():
+            assert float(raw) > 0, f"head {k}'s {name} is 0: its scale would not be tested"
+            torch.testing.assert_close(losses[f"{name}_aux{k}"].detach(), raw * layers * 3.0)
+    # lambda_1: every positive-query loss of both heads at every layer (called per head, then per layer)
+    assert len(raw_positive) == len(model.aux_heads) * layers
+    for index, raw in enumerate(raw_positive):
+        head, layer = divmod(index, layers)
         for name, value in raw.items():
+            assert float(value) > 0
             torch.testing.assert_close(losses[f"loss_{name}_pos{head}_dec{layer}"].detach(), value * 0.5)
+    # neither lambda touches the one-to-one losses (decoder layers, then the encoder proposals)
+    assert len(raw_hungarian) == layers and len(raw_encoder) == 1
+    for index, raw in enumerate(raw_hungarian + raw_encoder):
+        suffix = f"dec{index}" if index < layers else "enc"
+        for name, value in raw.items():
+            torch.testing.assert_close(losses[f"loss_{name}_{suffix}"].detach(), value)
+    # and nothing else enters the objective
+    suffixes = [f"dec{i}" for i in range(layers)] + ["enc"]
+    expected = {f"loss_{n}_{s}" for n in ("cls", "bbox", "giou") for s in suffixes}
+    expected |= {f"{n}_aux{k}" for k, records in enumerate(raw_heads) for n in records[0]}
+    expected |= {f"loss_{n}_pos{k}_dec{i}" for n in ("cls", "bbox", "giou") for k in range(2) for i in range(layers)}
+    assert set(losses) == expected
 
 
 def test_inference_is_identical_without_auxiliary_heads():
@@ -214,29 +238,98 @@ def test_look_forward_twice_gradient(look_forward_twice):
         assert first_layer_box_head is None
 
 
-def test_zero_padding_and_concat_mode_train():
+def _zero_padding_losses(monkeypatch, mode, move_padding=False):
+    """Losses of the zero-padding model in ``mode``, and the positive-query groups it built."""
     cfg = _config()
-    cfg.model.zero_padding = True
-    cfg.model.aux_query_mode = "concat"
-    losses = _train_losses(_build(cfg), _inputs())
-    assert all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
-
-
-@pytest.mark.parametrize(("two_stage", "box_refine"), [(False, False), (False, True)])
-def test_deformable_detr_variants(two_stage, box_refine):
-    cfg = _config()
-    cfg.model.two_stage = two_stage
-    cfg.model.with_box_refine = box_refine
+    cfg.model.positive_queries.update(zero_padding=True, mode=mode, min_queries=60)  # more than the positives
     model = _build(cfg)
+    groups = []
+    original = model.positive_queries.build
+
+    def build(*args, **kwargs):
+        group = original(*args, **kwargs)
+        if move_padding:  # padded queries moved elsewhere: must change nothing if they are truly masked out
+            padding = ~group.valid
+            group.reference_boxes[padding] = torch.tensor([0.3, 0.6, 0.2, 0.1])
+            group.features[padding] = 5.0
+        groups.append(group)
+        return group
+
+    monkeypatch.setattr(model.positive_queries, "build", build)
+    return _train_losses(model, _inputs()), groups
+
+
+def test_zero_padding_and_concat_mode_train(monkeypatch):
+    separate, groups = _zero_padding_losses(monkeypatch, "separate")
+    assert len(groups) == 2
+    for group in groups:
+        padding = ~group.valid
+        assert group.num_queries == 60 and bool(padding.any())  # zero padding was used
+        assert float(group.label_weights[padding].sum()) == 0 and float(group.box_weights[padding].sum()) == 0
+        assert bool((group.features[padding] == 0).all())
+        assert int((group.box_weights > 0).sum()) == group.num_positives > 0
+    # all heads in one pass with the block-diagonal mask optimise exactly the same objective
+    concat, _ = _zero_padding_losses(monkeypatch, "concat")
+    assert set(concat) == set(separate)
+    for name in separate:
+        torch.testing.assert_close(concat[name], separate[name], rtol=1e-4, atol=1e-6, msg=name)
+    # padded queries are masked out of self-attention and out of every loss
+    moved, _ = _zero_padding_losses(monkeypatch, "concat", move_padding=True)
+    for name in separate:
+        torch.testing.assert_close(moved[name], separate[name], rtol=1e-4, atol=1e-6, msg=name)
+    sum(concat.values()).backward()
+
+
+def _deformable_detr_without_two_stage(cfg, box_refine):
+    """Deformable-DETR with learned queries (no two-stage), with or without iterative box refinement."""
+    model = cfg.model
+    model.query_selection = L(LearnedQueries)(d_model="${..transformer.d_model}", num_queries=12)
+    model.enc_class_embed = None
+    model.bbox_embed.update(encoder_head=False, shared=not box_refine, initial_wh_logit=-2.0)
+    model.class_embed.shared = not box_refine
+    return cfg
+
+
+@pytest.mark.parametrize("box_refine", [False, True])
+def test_deformable_detr_without_two_stage(box_refine):
+    model = _build(_deformable_detr_without_two_stage(_config(), box_refine))
+    assert (model.bbox_embed[0] is model.bbox_embed[1]) != box_refine
+    assert torch.equal(model.bbox_embed[0].layers[-1].bias, torch.tensor([0.0, 0.0, -2.0, -2.0]))
     losses = _train_losses(model, _inputs())
     assert "loss_cls_enc" not in losses and all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
-    assert model.query_embed.weight.grad is not None and model.reference_points.weight.grad is not None
+    assert model.query_selection.query_embed.weight.grad.abs().sum() > 0
+    assert model.query_selection.reference_points.weight.grad.abs().sum() > 0
     model.eval()
     with torch.no_grad():
         result = model([{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "height": 32, "width": 32}])
     assert result[0]["instances"].image_size == (32, 32)
+
+
+def test_parts_that_do_not_fit_are_clear_errors():
+    cfg = _config()
+    cfg.model.positive_queries.num_heads = 3
+    with pytest.raises(ValueError, match="built for 3 heads"):
+        _build(cfg)
+    cfg = _config()
+    cfg.model.bbox_embed.encoder_head = False
+    with pytest.raises(ValueError, match="box heads"):
+        _build(cfg)
+    cfg = _config()
+    cfg.model.lambda_1 = 0.5
+    with pytest.raises(TypeError, match="lambda_1 -> model.criterion.lambda_1"):
+        _build(cfg)
+    # transitional flat keys still set by configs outside the project: applied to the parts, or checked
+    cfg = _config()
+    cfg.model.update(loss_weights={"cls": 3.0}, two_stage=True, with_box_refine=True, mixed_selection=False)
+    model = _build(cfg)
+    assert model.criterion.set_criterion.weight_dict == {"cls": 3.0, "bbox": 5.0, "giou": 2.0}
+    assert model.criterion.encoder_criterion.weight_dict["cls"] == 3.0
+    assert not model.query_selection.mixed_selection and not hasattr(model.query_selection, "query_embed")
+    cfg = _config()
+    cfg.model.two_stage = False
+    with pytest.raises(ValueError, match="two_stage=False contradicts"):
+        _build(cfg)
 
 
 def test_unknown_class_is_a_clear_error():
@@ -253,11 +346,11 @@ def _text_model(tmp_path, partitioned):
     np.save(embeddings, rng.normal(size=(NUM_CLASSES, 16)).astype(np.float32))
     cfg = LazyConfig.load(str(CONFIGS / "co_deformable_detr_text_synthetic.py"))
     cfg.label_space.embeddings_file = str(embeddings)
-    cfg.model.num_queries = 12
+    cfg.model.query_selection.num_queries = 12
     cfg.model.aux_heads[0].post_nms_topk = 50
     cfg.model.aux_heads[0].roi_batch_size_per_image = 32
-    cfg.model.dataset_columns = [[0, 1], [2, 3]] if partitioned else None
-    cfg.model.partitioned_negatives = partitioned
+    cfg.model.criterion.dataset_columns = [[0, 1], [2, 3]] if partitioned else None
+    cfg.model.criterion.partitioned_negatives = partitioned
     return _build(cfg)
 
 

@@ -14,11 +14,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torchvision.ops import box_convert
+
+from unidet2.modeling.detr import box_sine_embedding, inverse_sigmoid
 
 from .aux_heads import AuxTargets
 
-__all__ = ["PositiveQueryBatch", "build_positive_queries", "group_attention_mask", "padding_attention_mask"]
+__all__ = [
+    "AUX_QUERY_MODES",
+    "POSITIVE_QUERY_CONTENT",
+    "PositiveQueryBatch",
+    "PositiveQueryHead",
+    "build_positive_queries",
+    "group_attention_mask",
+    "padding_attention_mask",
+]
 
 
 @dataclass
@@ -164,3 +175,75 @@ def group_attention_mask(valid_per_group: list[torch.Tensor], num_heads: int) ->
     allowed = same_group[None] & valid[:, :, None] & valid[:, None, :]
     allowed |= torch.eye(total, dtype=torch.bool, device=valid.device)[None]
     return (~allowed).repeat_interleave(num_heads, dim=0).reshape(batch * num_heads, total, total)
+
+
+POSITIVE_QUERY_CONTENT = ("deformable", "dino")
+AUX_QUERY_MODES = ("separate", "concat")
+
+
+class PositiveQueryHead(nn.Module):
+    """Turns each auxiliary head's assignment into its group of customised positive queries (module doc) and holds
+    their projections (one set per head, K heads).
+
+    * ``content="deformable"`` (Co-Deformable-DETR): ``LN(Linear_{2D->2D}(sine(box)))`` split into positional and
+      content queries; with ``with_coord_feat`` the content adds ``LN(Linear_{D->D}(feature))`` (the anchor's
+      adapter feature / the pooled RoI feature) and the positional query a learned per-head embedding.
+    * ``content="dino"`` (Co-DINO): content ``LN(Linear_{2D->D}(sine(box)))`` only (the released configs set
+      ``with_coord_feat=False``); the DINO decoder derives the positional query from the box.
+
+    Args:
+        d_model: D.
+        num_heads: K, the number of auxiliary heads.
+        content: "deformable" or "dino".
+        with_coord_feat: add the projected feature (and, deformable, the head embedding).
+        max_queries, min_queries: limits of M per head and image (300, 9).
+        zero_padding: pad with masked zero queries instead of negatives.
+        mode: "separate" (one decoder pass per head, the official code) or "concat" (all heads in one pass with a
+            block-diagonal self-attention mask).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, *, content: str = "deformable", with_coord_feat: bool = True,
+                 max_queries: int = 300, min_queries: int = 9, zero_padding: bool = False, mode: str = "separate"):
+        super().__init__()
+        if content not in POSITIVE_QUERY_CONTENT:
+            raise ValueError(f"content must be one of {POSITIVE_QUERY_CONTENT}, got {content!r}")
+        if mode not in AUX_QUERY_MODES:
+            raise ValueError(f"mode must be one of {AUX_QUERY_MODES}, got {mode!r}")
+        if min_queries > max_queries:
+            raise ValueError(f"min_queries ({min_queries}) > max_queries ({max_queries})")
+        self.d_model, self.num_heads, self.content = d_model, num_heads, content
+        self.with_coord_feat, self.mode = with_coord_feat, mode
+        self.max_queries, self.min_queries, self.zero_padding = max_queries, min_queries, zero_padding
+        width = 2 * d_model if content == "deformable" else d_model
+        self.aux_pos_trans = nn.ModuleList(nn.Linear(2 * d_model, width) for _ in range(num_heads))
+        self.aux_pos_trans_norm = nn.ModuleList(nn.LayerNorm(width) for _ in range(num_heads))
+        if with_coord_feat:
+            self.pos_feats_trans = nn.ModuleList(nn.Linear(d_model, d_model) for _ in range(num_heads))
+            self.pos_feats_norm = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(num_heads))
+            if content == "deformable":
+                # Co-DETR's code builds nn.Embedding(K, 1, 1, d) (a bug kept for reproduction); (K, d) is meant.
+                self.head_pos_embed = nn.Embedding(num_heads, d_model)
+
+    @property
+    def needs_query_pos(self) -> bool:
+        """Whether the queries carry a positional part (False: the decoder derives it from the boxes)."""
+        return self.content == "deformable"
+
+    def build(self, targets: AuxTargets, image_sizes, num_classes: int) -> PositiveQueryBatch:
+        """:func:`build_positive_queries` with this head's limits and padding."""
+        return build_positive_queries(targets, image_sizes, num_classes, max_queries=self.max_queries,
+                                      min_queries=self.min_queries, zero_padding=self.zero_padding)
+
+    def embed(self, k: int, queries: PositiveQueryBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Content (B, M, D) and positional (B, M, D) or None queries of head k's group."""
+        unact = inverse_sigmoid(queries.reference_boxes)
+        projected = self.aux_pos_trans_norm[k](self.aux_pos_trans[k](box_sine_embedding(unact, self.d_model // 2)))
+        if self.content == "deformable":
+            query_pos, tgt = projected.split(self.d_model, dim=-1)
+        else:
+            query_pos, tgt = None, projected
+        if self.with_coord_feat:
+            tgt = tgt + self.pos_feats_norm[k](self.pos_feats_trans[k](queries.features.to(tgt.dtype)))
+            if query_pos is not None:
+                query_pos = query_pos + self.head_pos_embed.weight[k]
+        return tgt, query_pos

@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from unidet2.modeling.detr import (
+    MLP,
     DeformableEncoder,
     DeformableEncoderLayer,
     activation_function,
+    box_sine_embedding,
     inverse_sigmoid,
 )
 from unidet2.modeling.ms_deform_attn import MSDeformAttn
@@ -71,19 +73,31 @@ class DeformableDecoderLayer(nn.Module):
 
 
 class DeformableDecoder(nn.Module):
-    """Decoder with optional iterative box refinement and look-forward-twice (H-Deformable-DETR/DINO)."""
+    """Decoder with optional iterative box refinement and look-forward-twice (H-Deformable-DETR/DINO).
 
-    def __init__(self, layer: DeformableDecoderLayer, num_layers: int, look_forward_twice: bool = False):
+    DINO's decoder (``box_query_pos=True``) differs in two points: every layer derives the positional query from its
+    current reference box, ``query_pos = MLP(sine(ref))`` (a 2-layer MLP 4 x d/2 -> d -> d over the sine embedding of
+    the valid-ratio-scaled box; the caller's query_pos must then be None), and the outputs go through one shared
+    LayerNorm before the prediction heads (``output_norm=True``; box refinement inside the decoder reads the
+    un-normalised output, as DINO's code does).
+    """
+
+    def __init__(self, layer: DeformableDecoderLayer, num_layers: int, look_forward_twice: bool = False,
+                 box_query_pos: bool = False, output_norm: bool = False):
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.num_layers = num_layers
         self.look_forward_twice = look_forward_twice
+        d_model = layer.norm1.normalized_shape[0]
+        self.ref_point_head = MLP(2 * d_model, d_model, d_model, 2) if box_query_pos else None
+        self.norm = nn.LayerNorm(d_model) if output_norm else None
 
     def forward(self, tgt, query_pos, reference_points, memory, spatial_shapes, valid_ratios, memory_padding_mask,
                 bbox_embed: nn.ModuleList | None = None, self_attn_mask=None):
         """
         Args:
-            tgt, query_pos: (B, Q, C) content queries and their positional embedding.
+            tgt, query_pos: (B, Q, C) content queries and their positional embedding (None with
+                ``box_query_pos``: derived from the reference boxes).
             reference_points: (B, Q, 2) points or (B, Q, 4) boxes (cx, cy, w, h), normalised to the valid image.
             memory, spatial_shapes, valid_ratios, memory_padding_mask: encoder output, see
                 :meth:`DeformableTransformer.encode`.
@@ -104,9 +118,13 @@ class DeformableDecoder(nn.Module):
                 reference_input = reference_points[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]
             else:
                 reference_input = reference_points[:, :, None] * valid_ratios[:, None]
-            output = layer(output, query_pos, reference_input, memory, spatial_shapes, memory_padding_mask,
+            layer_query_pos = query_pos
+            if self.ref_point_head is not None:
+                sine = box_sine_embedding(inverse_sigmoid(reference_input[:, :, 0]), output.shape[-1] // 2)
+                layer_query_pos = self.ref_point_head(sine.to(output.dtype))
+            output = layer(output, layer_query_pos, reference_input, memory, spatial_shapes, memory_padding_mask,
                            self_attn_mask)
-            hidden.append(output)
+            hidden.append(output if self.norm is None else self.norm(output))
             references.append(prediction_reference)
             if bbox_embed is None:
                 continue
@@ -157,9 +175,13 @@ class DeformableTransformer(nn.Module):
     def __init__(self, d_model: int = 256, num_heads: int = 8, num_encoder_layers: int = 6,
                  num_decoder_layers: int = 6, ffn_dim: int = 1024, dropout: float = 0.1,
                  activation: str = "relu", num_levels: int = 4, enc_num_points: int = 4,
-                 dec_num_points: int = 4, look_forward_twice: bool = False):
+                 dec_num_points: int = 4, look_forward_twice: bool = False, box_query_pos: bool = False,
+                 decoder_output_norm: bool = False):
+        """Deformable-DETR's transformer; DINO's decoder with ``box_query_pos`` and ``decoder_output_norm``
+        (see :class:`DeformableDecoder`)."""
         super().__init__()
         self.d_model, self.num_heads, self.num_levels = d_model, num_heads, num_levels
+        self.num_decoder_layers = num_decoder_layers
         self.encoder = DeformableEncoder(
             DeformableEncoderLayer(d_model, ffn_dim, dropout, activation, num_levels, num_heads, enc_num_points),
             num_encoder_layers,
@@ -168,6 +190,8 @@ class DeformableTransformer(nn.Module):
             DeformableDecoderLayer(d_model, ffn_dim, dropout, activation, num_levels, num_heads, dec_num_points),
             num_decoder_layers,
             look_forward_twice=look_forward_twice,
+            box_query_pos=box_query_pos,
+            output_norm=decoder_output_norm,
         )
         self.level_embed = nn.Parameter(torch.empty(num_levels, d_model))
         nn.init.normal_(self.level_embed)

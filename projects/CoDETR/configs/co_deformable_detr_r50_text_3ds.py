@@ -18,6 +18,7 @@ from projects.CoDETR.codetr import DetrClassificationLoss
 from unidet2.data.build import build_multi_dataset_train_loader
 from unidet2.data.label_space import UnifiedLabelSpace
 from unidet2.modeling.label_assignment_losses import dataset_columns_from_label_space
+from unidet2.modeling.similarity import VocabularySimilarity
 from unidet2.modeling.text_classifier import TextEmbeddingClassifier
 
 from .co_deformable_detr_r50_1x_coco import dataloader, model, optimizer, train
@@ -32,7 +33,7 @@ label_space = {
 
 model.num_classes = None
 model.test_topk = 300
-model.class_head = L(TextEmbeddingClassifier)(
+model.class_embed.classifier = L(TextEmbeddingClassifier)(
     input_dim=256, embeddings="${label_space.embeddings_file}", temperature="${label_space.temperature}",
     use_bias=True, bias_prior_prob=0.01,
 )
@@ -44,8 +45,10 @@ model.aux_heads[1].classifier = L(TextEmbeddingClassifier)(
     input_dim=256, embeddings="${label_space.embeddings_file}", temperature="${label_space.temperature}",
     use_bias=True, bias_prior_prob=0.01,
 )
-model.classification_loss = L(DetrClassificationLoss)(loss_type="focal", soft_loss_weight=1.0)
-model.dataset_columns = L(dataset_columns_from_label_space)(
+model.criterion.classification_loss = L(DetrClassificationLoss)(loss_type="focal", soft_loss_weight=1.0)
+# Ŝ of ScaleDet: row-wise min-max of the embeddings' cosines, not symmetrised; follows set_vocabulary.
+model.criterion.label_similarity = L(VocabularySimilarity)(normalization="minmax_row", symmetrize=False)
+model.criterion.dataset_columns = L(dataset_columns_from_label_space)(
     label_space=L(UnifiedLabelSpace.load_json)(path="${label_space.file}"), dataset_names=TRAIN_DATASETS
 )
 

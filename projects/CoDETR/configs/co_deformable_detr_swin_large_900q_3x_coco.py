@@ -26,7 +26,7 @@ model.neck.input_shapes = {
     "res4": ShapeSpec(channels=768, stride=16),
     "res5": ShapeSpec(channels=1536, stride=32),
 }
-model.num_queries = 900
+model.query_selection.num_queries = 900
 model.test_topk = 300
 optimizer.weight_decay = 0.05
 

@@ -18,6 +18,7 @@ from projects.CoDETR.codetr import DetrClassificationLoss
 from unidet2.data.build import build_multi_dataset_train_loader
 from unidet2.data.label_space import UnifiedLabelSpace
 from unidet2.modeling.label_assignment_losses import dataset_columns_from_label_space
+from unidet2.modeling.similarity import VocabularySimilarity
 from unidet2.modeling.text_classifier import TextEmbeddingClassifier
 
 from .co_deformable_detr_synthetic import dataloader, dataset_registration, lr_multiplier, model, optimizer, train
@@ -30,7 +31,7 @@ label_space = {
 }
 
 model.num_classes = None
-model.class_head = L(TextEmbeddingClassifier)(
+model.class_embed.classifier = L(TextEmbeddingClassifier)(
     input_dim=64, embeddings="${label_space.embeddings_file}", temperature="${label_space.temperature}",
     use_bias=True, bias_prior_prob=0.01,
 )
@@ -42,11 +43,13 @@ model.aux_heads[1].classifier = L(TextEmbeddingClassifier)(  # ATSS: sigmoid, no
     input_dim=64, embeddings="${label_space.embeddings_file}", temperature="${label_space.temperature}",
     use_bias=True, bias_prior_prob=0.01,
 )
-model.classification_loss = L(DetrClassificationLoss)(loss_type="focal", soft_loss_weight=1.0)
-model.dataset_columns = L(dataset_columns_from_label_space)(
+model.criterion.classification_loss = L(DetrClassificationLoss)(loss_type="focal", soft_loss_weight=1.0)
+# Ŝ of ScaleDet: row-wise min-max of the embeddings' cosines, not symmetrised; follows set_vocabulary.
+model.criterion.label_similarity = L(VocabularySimilarity)(normalization="minmax_row", symmetrize=False)
+model.criterion.dataset_columns = L(dataset_columns_from_label_space)(
     label_space=L(UnifiedLabelSpace.load_json)(path="${label_space.file}"), dataset_names=TRAIN_DATASETS
 )
-model.partitioned_negatives = False
+model.criterion.partitioned_negatives = False
 
 train_mapper = dataloader.train.mapper
 train_mapper.label_map = L(UnifiedLabelSpace.load_json)(path="${label_space.file}")
