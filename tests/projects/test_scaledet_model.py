@@ -224,7 +224,7 @@ def test_unseen_vocabulary_from_class_names_with_the_real_text_encoder(tmp_path)
     (here the ensemble, read from their sidecar through the config's dataloader.vocabulary), and the detector's
     class decisions follow those embeddings: reordering the names permutes the predicted classes."""
     from unidet2.data.text_embeddings import get_text_embeddings, save_text_embeddings
-    from unidet2.engine.evaluation import vocabulary_options
+    from unidet2.modeling import vocabulary_options
 
     training_names = ["circle", "square", "triangle", "star", "ring", "cross", "hexagon"]
     path = tmp_path / "train.npy"

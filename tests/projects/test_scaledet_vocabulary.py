@@ -156,3 +156,47 @@ def test_set_vocabulary_unwraps_ddp(tmp_path):
         assert model(torch.randn(2, 6))[0].shape == (2, 3)
     finally:
         dist.destroy_process_group()
+
+
+@text_embeddings.register_text_encoder("test_crc_vocabulary")
+class _CrcEncoder(text_embeddings.TextEncoder):
+    """Deterministic offline encoder (a seeded random vector per text): no model to load."""
+
+    default_model = "crc"
+
+    def _encode_batch(self, texts):
+        import zlib
+
+        return np.stack([np.random.default_rng(zlib.crc32(t.encode())).standard_normal(8) for t in texts])
+
+
+def test_test_time_vocabulary_is_encoded_as_the_training_embeddings_were(tmp_path, caplog):
+    """The training embeddings' sidecar decides the encoder and prompts of every test-time vocabulary; the options
+    (which include the encoder's ``model``) reach set_vocabulary through dataset_vocabulary unchanged."""
+    from detectron2.data import MetadataCatalog
+
+    from unidet2.data.text_embeddings import get_text_embeddings, save_text_embeddings, vocabulary_encoding
+    from unidet2.modeling import dataset_vocabulary
+
+    prompts = ["a photo of a {}.", "a drawing of a {}."]
+    train, metadata = get_text_embeddings(["circle", "square", "star"], encoder="test_crc_vocabulary",
+                                          prompts=prompts, use_cache=False, return_metadata=True)
+    save_text_embeddings(tmp_path / "train.npy", train, metadata)
+    options = vocabulary_encoding(tmp_path / "train.npy")
+    assert options == {"encoder": "test_crc_vocabulary", "model": None, "pretrained": None, "prompts": prompts}
+
+    MetadataCatalog.get("scaledet_test_vocabulary_set").set(vocabulary=["ball", "cube"])
+    classifier = TextEmbeddingClassifier(4, train)
+    with dataset_vocabulary(classifier, "scaledet_test_vocabulary_set", cache_dir=str(tmp_path), **options):
+        expected = get_text_embeddings(["ball", "cube"], encoder="test_crc_vocabulary", prompts=prompts,
+                                       use_cache=False)
+        single = get_text_embeddings(["ball", "cube"], encoder="test_crc_vocabulary", use_cache=False)
+        np.testing.assert_allclose(classifier.embeddings.numpy(), expected, atol=1e-6)
+        assert not np.allclose(classifier.embeddings.numpy(), single, atol=1e-3)
+    np.testing.assert_allclose(classifier.embeddings.numpy(), train, atol=1e-6)
+
+    np.save(tmp_path / "no_sidecar.npy", train)  # e.g. a Detic dump: defaults, with a warning
+    assert vocabulary_encoding(tmp_path / "no_sidecar.npy")["prompts"] == ["a photo of a {}."]
+    assert "no sidecar" in caplog.text
+    with pytest.raises(FileNotFoundError):
+        vocabulary_encoding(tmp_path / "missing.npy")

@@ -225,11 +225,12 @@ def restore_vocabulary(model: nn.Module, state: VocabularyState) -> VocabularySt
 
 
 @contextlib.contextmanager
-def dataset_vocabulary(model: nn.Module, dataset_name: str, **vocabulary_kwargs: Any) -> Iterator[None]:
+def dataset_vocabulary(model: nn.Module, dataset_name: str, /, **vocabulary_kwargs: Any) -> Iterator[None]:
     """Give the model's text classifiers ``dataset_name``'s vocabulary inside the block, restore it after.
 
     The vocabulary (and ``synonyms``) come from the dataset's metadata. A model without text-embedding classifiers
-    is left as it is. ``vocabulary_kwargs`` go to :func:`set_vocabulary` (encoder, prompts, cache_dir).
+    is left as it is. ``vocabulary_kwargs`` go to :func:`set_vocabulary` (encoder, model, pretrained, prompts,
+    cache_dir; ``model`` here is the encoder's model name, hence the positional-only module argument).
 
     Raises:
         KeyError: the model has a text classifier and the dataset's metadata no ``vocabulary``.

@@ -449,6 +449,83 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# ------------------------------------------------------------------ ScaleDet claims benchmark (data-limited)
+def _claims_upstream_sets(side: int, train: int, val: int, test: int) -> tuple[InstanceSetSpec, ...]:
+    """Three small upstream sets that share visual concepts under overlapping names ("triangle", "star"),
+    synonyms ("disc" / "circle", "box" / "square", "annulus" / "ring", "plus sign" / "cross") and broader /
+    narrower names ("polygon" draws hexagons, which set b calls "hexagon"; "quadrilateral" draws set b's
+    "diamond"): the regime in which ScaleDet expects more training sets and soft labels to help. Separate val
+    (for the training curve) and test (for the reported AP) splits."""
+    splits = (("train", train), ("val", val), ("test", test))
+    set_c = (
+        upstream_class("plus sign", "cross"),
+        upstream_class("heart", "heart"),
+        upstream_class("annulus", "ring"),
+        upstream_class("octagon", "octagon"),
+        ClassSpec("polygon", "hexagon"),
+        ClassSpec("quadrilateral", "diamond"),
+        upstream_class("crescent", "crescent"),
+    )
+    return (
+        InstanceSetSpec(
+            name="claims_a",
+            task="detection",
+            role="upstream",
+            classes=_coco_like(),
+            domain=Domain(("plain", "gradient"), (0.22, 0.45), ((side, side),), (1, 3), ("solid", "gradient")),
+            splits=splits,
+        ),
+        InstanceSetSpec(
+            name="claims_b",
+            task="detection",
+            role="upstream",
+            classes=_objects_like(),
+            domain=Domain(("noise", "plain"), (0.2, 0.4), ((side, side),), (1, 4), ("solid", "stripes", "dots")),
+            splits=splits,
+        ),
+        InstanceSetSpec(
+            name="claims_c",
+            task="detection",
+            role="upstream",
+            classes=set_c,
+            domain=Domain(
+                ("gradient", "stripes"), (0.25, 0.5), ((side, side),), (1, 3), ("solid", "checker", "stripes"),
+                max_occlusion=0.2,
+            ),
+            splits=splits,
+        ),
+    )
+
+
+def _claims_downstream_set(side: int, train: int, test: int) -> InstanceSetSpec:
+    """Unseen names for seen concepts (and one unseen concept, "dome"): zero-shot and fine-tuned."""
+    return InstanceSetSpec(
+        name="claims_toys",
+        task="detection",
+        role="downstream",
+        classes=_downstream_toys(),
+        domain=Domain(("stripes", "plain"), (0.22, 0.42), ((side, side),), (1, 3), ("solid", "dots", "gradient")),
+        splits=(("train", train), ("test", test)),
+    )
+
+
+PRESETS["scaledet_claims"] = Preset(
+    name="scaledet_claims",
+    description="ScaleDet claims benchmark: 3 small upstream sets (48 train images each) with shared concepts, "
+    "synonymous and broader names, val + test splits, 1 downstream set, 96 px",
+    datasets=(*_claims_upstream_sets(side=96, train=48, val=16, test=48), _claims_downstream_set(96, 24, 48)),
+)
+
+
+# ------------------------------------------------------------------ the quick main job (`make demo`)
+PRESETS["quickstart"] = Preset(
+    name="quickstart",
+    description="`make demo`: the demo's 3 upstream and 2 downstream sets, fewer and smaller images (128 px), "
+    "so the whole main job runs in minutes",
+    datasets=(*_upstream_detection_sets(side=128, train=96, val=24, large=128), *_downstream_sets(128, 40, 16)),
+)
+
+
 # ------------------------------------------------- mask-annotated subset of a box-only set (DaTaSeg)
 @dataclass(frozen=True)
 class MaskSubsetSpec:
@@ -476,4 +553,10 @@ PRESETS["panoptic"] = Preset(
     description=PRESETS["panoptic"].description + "; a 40-image mask-annotated subset of the box-only val split "
     "(the Objects365 instance-mask benchmark's counterpart)",
     datasets=(*PRESETS["panoptic"].datasets, MaskSubsetSpec("synth_boxes_mask_subset", "synth_boxes", "val", 40)),
+)
+# The same sets with a handful of images each: the benchmark's smoke mode (runs end to end in seconds per run).
+PRESETS["scaledet_claims_smoke"] = Preset(
+    name="scaledet_claims_smoke",
+    description="smoke version of scaledet_claims: the same vocabularies, 8 train / 4 val / 4 test images per set",
+    datasets=(*_claims_upstream_sets(side=96, train=8, val=4, test=4), _claims_downstream_set(96, 4, 4)),
 )
