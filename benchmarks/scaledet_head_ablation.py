@@ -19,7 +19,7 @@ Arms: one switch changed from the config's defaults at a time (soft weight, hard
 Eq. 7 with or without the GT entry, symmetrised or per-row Ŝ). ``--seeds`` seeds, mean ± std.
 Writes benchmarks/results/scaledet_head_ablation.{json,md}.
 
-    python benchmarks/scaledet_head_ablation.py              # 5 seeds x 10 arms, about 2 CPU-minutes
+    python benchmarks/scaledet_head_ablation.py              # 5 seeds x 11 arms, about 1 CPU-minute
 """
 
 from __future__ import annotations

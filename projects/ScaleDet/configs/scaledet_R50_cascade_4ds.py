@@ -1,7 +1,7 @@
 """ScaleDet, ResNet-50-FPN + Cascade R-CNN, trained on LVIS + COCO + Objects365 + OpenImages (2148 labels).
 
-Schedule and input size are our defaults [I] (the paper's are not recovered; scaledet.md §5): SGD lr 0.02,
-batch 64, LSJ 640, 180k iterations, steps at 120k / 160k, ImageNet-1k R-50 (detectron2 MSRA weights).
+Schedule and input size are our defaults [I] (the paper's are not recovered; projects/ScaleDet/README.md): SGD
+lr 0.02, batch 64, LSJ 640, 180k iterations, steps at 120k / 160k, ImageNet-1k R-50 (detectron2 MSRA weights).
 Detection score threshold 0.02 and 300 detections per image (LVIS protocol).
 """
 

@@ -1,7 +1,7 @@
 """ScaleDet, Swin-B (ImageNet-22k, timm) + FPN + Cascade R-CNN on LVIS + COCO + Objects365 + OpenImages.
 
-Defaults [I] (scaledet.md §5): AdamW lr 1e-4, weight decay 0.05, batch 64, LSJ 896, 180k iterations, steps at
-120k / 160k. The Swin weights come from timm (``pretrained=True`` downloads them; offline, set
+Defaults [I] (projects/ScaleDet/README.md): AdamW lr 1e-4, weight decay 0.05, batch 64, LSJ 896, 180k iterations,
+steps at 120k / 160k. The Swin weights come from timm (``pretrained=True`` downloads them; offline, set
 ``model.backbone.bottom_up.pretrained_file=/path/to/timm_checkpoint``).
 """
 

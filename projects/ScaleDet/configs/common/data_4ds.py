@@ -1,4 +1,4 @@
-"""Data of the paper's upstream setting (scaledet.md §5): LVIS v1 + COCO 2017 + Objects365 v2 + OpenImages
+"""Data of the paper's upstream setting: LVIS v1 + COCO 2017 + Objects365 v2 + OpenImages
 (challenge-2019, 500 classes) in one concatenated label space of 1203 + 80 + 365 + 500 = 2148 entries; equal
 dataset ratios [I], repeat-factor sampling (t = 0.001) inside LVIS, LSJ augmentation, one dataset per per-GPU
 batch (unidet2.data.build).
