@@ -1,27 +1,31 @@
-"""Co-DETR's claims on the synthetic data: faster convergence than Deformable-DETR at equal iterations, and
-zero inference overhead (parameters and latency of the query branch alone).
+"""Co-DETR's claims on the synthetic data, on both bases: the collaborative hybrid assignments (auxiliary heads +
+positive queries) converge faster than the base detector at equal iterations, and add nothing at inference.
 
-Setup (everything measured here, on this machine):
+Compared, at equal iterations: Deformable-DETR vs Co-Deformable-DETR, and DINO vs Co-DINO.
 
-* data: ``python -m unidet2.data.synthetic --preset test`` (written to a temporary folder unless ``--data``),
-  trained on ``synth_coco_train`` (48 images, 6 shape classes, 128 px) and evaluated with detectron2's
-  COCOEvaluator on ``synth_coco_val`` (20 images);
-* models: ``projects/CoDETR/configs/co_deformable_detr_synthetic.py`` (tiny Co-Deformable-DETR: d 64, 2 + 2
-  layers, 30 queries, Faster R-CNN + ATSS auxiliary heads) and the same config without auxiliary heads
-  (Deformable-DETR). Deformable-DETR starts from *the same weights* as Co-DETR's shared modules;
-* training: the same batches (4 images, same order, same flips / scales), AdamW lr 5e-4 (x 0.1 on
-  ``sampling_offsets``), grad clip 0.1, ``--iters`` iterations each, AP evaluated every ``--eval-every``;
-* inference: eval-mode forward, batch 1, on the 20 val images, models alternated image by image (rotating
-  which goes first), median over ``--latency-rounds`` rounds; Co-DETR is timed as trained (auxiliary
-  modules present but unused) and after ``strip_auxiliary()``.
+Setup (fixed before any run, reported whichever way it comes out):
 
-Wall-clock numbers come from 2 shared CPU cores: the 1-minute load average is recorded with them, and torch
-runs one intra-op thread (``--threads``): with two, OpenMP's spinning workers made every step up to 10x slower
-whenever another process competed for the cores.
-Results: benchmarks/results/codetr_claims.{json,md,png}.
+* data: ``python -m unidet2.data.synthetic --preset test`` (written under the output folder unless ``--data``),
+  trained on ``synth_coco_train`` (48 images, 6 shape classes, 128 px), box AP (COCO, IoU .50:.95) with detectron2's
+  COCOEvaluator on ``synth_coco_val`` (20 images). Nothing is tuned on the val set: every setting keeps the values
+  of its config;
+* models: ``projects/CoDETR/configs/co_deformable_detr_synthetic.py`` and ``co_dino_synthetic.py`` (tiny: d 64,
+  2 + 2 layers, 30 queries, Faster R-CNN + ATSS heads), each base = the same config with ``aux_heads=[]``. For a
+  seed, the base starts from *the same weights* as its Co- model's shared modules;
+* training: the same batches for every setting of a seed (4 images, same order, flips and scales), AdamW lr 5e-4
+  (x 0.1 on ``sampling_offsets`` / ``reference_points``), grad clip 0.1, ``--iters`` iterations, AP every
+  ``--eval-every`` (the curve shows whether it flattened);
+* inference: eval-mode forward at batch 1 on the 20 val images, the four stripped models (``strip_auxiliary()``)
+  alternated image by image, median over ``--latency-rounds`` rounds; parameters used at inference.
 
-Usage: python benchmarks/codetr_claims.py [--iters 500] [--eval-every 100] [--seeds 0 1] [--data DIR]
-(about 8 minutes on 2 cores)
+Resumable: every (setting, seed) training run and the latency measurement is a unit written to
+``<out>/codetr_claims_units/<unit>.json`` when it finishes; a rerun with the same settings skips finished units (a
+unit written with other settings is refused, not mixed in). Units run in ``--workers`` processes of one torch
+thread each (two at a time on this 2-core machine). Results: ``<out>/codetr_claims.{json,md,png}``, mean ± std
+over seeds. ``--smoke`` runs 1 seed x 6 iterations into ``benchmarks/results/smoke`` (checks the pipeline, no
+evidence).
+
+Usage: python benchmarks/codetr_claims.py [--iters 1000] [--eval-every 100] [--seeds 0 1 2] [--workers 2]
 """
 
 from __future__ import annotations
@@ -31,60 +35,95 @@ import contextlib
 import io
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from detectron2.config import LazyConfig, instantiate
-from detectron2.data import DatasetCatalog, build_detection_test_loader
-from detectron2.data import transforms as T
-from detectron2.evaluation import COCOEvaluator, inference_on_dataset
-from detectron2.utils.events import EventStorage
-
-from projects.CoDETR.codetr import CoDETR
-from projects.CoDETR.codetr.optim import param_groups_with_lr_factors
-from unidet2.data.mapper import MultiDatasetMapper
-from unidet2.data.synthetic import generate_synthetic, register_synthetic
-
-logger = logging.getLogger("benchmarks.codetr_claims")
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
-CONFIG = ROOT / "projects" / "CoDETR" / "configs" / "co_deformable_detr_synthetic.py"
+CONFIGS = ROOT / "projects" / "CoDETR" / "configs"
 PREFIX = "codetr_bench_"
 TRAIN_SET, VAL_SET = PREFIX + "synth_coco_train", PREFIX + "synth_coco_val"
 BATCH_SIZE = 4
 LR, WEIGHT_DECAY, CLIP = 5e-4, 1e-4, 0.1
+# setting -> (config of its Co- model, with auxiliary heads?)
+SETTINGS = {
+    "Deformable-DETR": ("co_deformable_detr_synthetic.py", False),
+    "Co-Deformable-DETR": ("co_deformable_detr_synthetic.py", True),
+    "DINO": ("co_dino_synthetic.py", False),
+    "Co-DINO": ("co_dino_synthetic.py", True),
+}
+PAIRS = (("Deformable-DETR", "Co-Deformable-DETR"), ("DINO", "Co-DINO"))
+
+logger = logging.getLogger("benchmarks.codetr_claims")
 
 
-def build_models(seed: int) -> tuple[CoDETR, CoDETR]:
-    """(Co-DETR, Deformable-DETR) with identical weights in every module they share."""
-    cfg = LazyConfig.load(str(CONFIG))
+# ------------------------------------------------------------------------------------------ units (worker side)
+def _setup_worker(data: str, threads: int) -> None:
+    from detectron2.data import DatasetCatalog
+
+    from unidet2.data.synthetic import register_synthetic
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for name in ("detectron2", "d2", "unidet2", "fvcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if TRAIN_SET not in DatasetCatalog.list():
+        register_synthetic(data, name_prefix=PREFIX)
+
+
+def build_model(setting: str, seed: int):
+    """The setting's model; a base model gets its Co- model's weights (built with the same seed) where shared."""
+    from detectron2.config import LazyConfig, instantiate
+
+    config, with_aux = SETTINGS[setting]
+    cfg = LazyConfig.load(str(CONFIGS / config))
     torch.manual_seed(seed)
-    co_detr = instantiate(cfg.model)
+    co_model = instantiate(cfg.model)
+    if with_aux:
+        return co_model
     cfg.model.aux_heads = []
-    deformable_detr = instantiate(cfg.model)
-    shared = deformable_detr.state_dict().keys()
-    deformable_detr.load_state_dict({k: v for k, v in co_detr.state_dict().items() if k in shared}, strict=True)
-    return co_detr, deformable_detr
+    base = instantiate(cfg.model)
+    shared = base.state_dict().keys()
+    base.load_state_dict({k: v for k, v in co_model.state_dict().items() if k in shared}, strict=True)
+    return base
 
 
-def evaluate(model: torch.nn.Module, loader) -> dict[str, float]:
+def _evaluate(model, loader) -> dict[str, float]:
+    from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+
     evaluator = COCOEvaluator(VAL_SET, tasks=("bbox",), distributed=False, output_dir=None)
-    # pycocotools prints its summary tables; the numbers are returned and logged here.
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables; the numbers are kept here
         results = inference_on_dataset(model, loader, evaluator)
     return {k: float(results["bbox"][k]) for k in ("AP", "AP50", "AP75")}
 
 
-def train(model: CoDETR, name: str, seed: int, iters: int, eval_every: int, val_loader) -> dict:
-    """Train ``model`` for ``iters`` steps on a batch sequence fixed by ``seed``; AP every ``eval_every``."""
+def _test_mapper():
+    from detectron2.data import transforms as T
+
+    from unidet2.data.mapper import MultiDatasetMapper
+
+    return MultiDatasetMapper(is_train=False, augmentations=[T.ResizeShortestEdge(128, 192)], image_format="BGR")
+
+
+def train_unit(setting: str, seed: int, iters: int, eval_every: int) -> dict:
+    """Train ``setting`` for ``iters`` steps on the batch sequence of ``seed``; AP every ``eval_every``."""
+    from detectron2.data import DatasetCatalog, build_detection_test_loader
+    from detectron2.data import transforms as T
+    from detectron2.utils.events import EventStorage
+
+    from projects.CoDETR.codetr.optim import param_groups_with_lr_factors
+    from unidet2.data.mapper import MultiDatasetMapper
+
+    model = build_model(setting, seed)
     records = DatasetCatalog.get(TRAIN_SET)
+    val_loader = build_detection_test_loader(DatasetCatalog.get(VAL_SET), mapper=_test_mapper(), num_workers=0)
     mapper = MultiDatasetMapper(
         is_train=True,
         augmentations=[T.RandomFlip(horizontal=True), T.ResizeShortestEdge((112, 128, 144), 192, "choice")],
@@ -94,8 +133,8 @@ def train(model: CoDETR, name: str, seed: int, iters: int, eval_every: int, val_
         param_groups_with_lr_factors(model, LR, WEIGHT_DECAY, {"sampling_offsets": 0.1, "reference_points": 0.1}),
         lr=LR, weight_decay=WEIGHT_DECAY,
     )
-    # The same batches and augmentations for both models: one generator for the order, numpy's global RNG
-    # (detectron2's augmentations) and torch's (RPN / RoI sampling, positive-query subsets) reseeded.
+    # The same batches and augmentations for every setting of a seed: one generator for the order, numpy's global
+    # RNG (detectron2's augmentations) and torch's (RPN / RoI sampling, positive-query subsets, denoising) reseeded.
     order_rng = np.random.default_rng(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -108,62 +147,119 @@ def train(model: CoDETR, name: str, seed: int, iters: int, eval_every: int, val_
             losses = model(batch)
         total = sum(losses.values())
         if not torch.isfinite(total):
-            raise FloatingPointError(f"{name}: non-finite loss at iteration {iteration}: {losses}")
+            raise FloatingPointError(f"{setting} seed {seed}: non-finite loss at iteration {iteration}: {losses}")
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
         optimizer.step()
         step_times.append(time.perf_counter() - start)
         if iteration % eval_every == 0 or iteration == iters:
-            metrics = evaluate(model, val_loader)
+            metrics = _evaluate(model, val_loader)
             curve.append({"iteration": iteration, **metrics, "loss": float(total.detach())})
-            logger.info("%s seed %d iter %d: loss %.2f AP %.2f AP50 %.2f (%.2f s/iter)", name, seed, iteration,
-                        float(total.detach()), metrics["AP"], metrics["AP50"], statistics.median(step_times))
+            logger.info("%s seed %d iter %d: loss %.2f AP %.2f (%.2f s/iter)", setting, seed, iteration,
+                        float(total.detach()), metrics["AP"], statistics.median(step_times))
             model.train()
     return {"curve": curve, "median_step_s": statistics.median(step_times), "total_train_s": sum(step_times)}
 
 
 @torch.inference_mode()
-def measure_latency(models: dict[str, torch.nn.Module], rounds: int) -> dict[str, dict[str, float]]:
-    """Median eval-mode forward time per image (batch 1), the models alternated image by image."""
-    mapper = MultiDatasetMapper(is_train=False, augmentations=[T.ResizeShortestEdge(128, 192)], image_format="BGR")
+def latency_unit(rounds: int) -> dict:
+    """Median eval-mode forward time per image (batch 1) of the four stripped models, alternated image by image
+    (rotating which goes first), and their parameter counts (used at inference / in all)."""
+    from detectron2.data import DatasetCatalog
+
+    models = {}
+    for setting in SETTINGS:
+        model = build_model(setting, seed=0)
+        total = sum(p.numel() for p in model.parameters())
+        inference = model.inference_parameter_count()
+        models[setting] = (model.strip_auxiliary().eval(), {"total": total, "inference": inference})
+    mapper = _test_mapper()
     images = [mapper(r) for r in DatasetCatalog.get(VAL_SET)]
-    for model in models.values():
-        model.eval()
+    for model, _ in models.values():
         for image in images[:3]:  # warm-up
             model([image])
-    times = {name: [] for name in models}
     names = list(models)
+    times = {name: [] for name in names}
     for _ in range(rounds):
         for index, image in enumerate(images):
-            # Rotate which model goes first, so none systematically runs right after another's cache misses.
             for name in names[index % len(names):] + names[: index % len(names)]:
                 start = time.perf_counter()
-                models[name]([image])
+                models[name][0]([image])
                 times[name].append(time.perf_counter() - start)
-    return {name: {"median_ms": 1000 * statistics.median(t), "mean_ms": 1000 * statistics.fmean(t), "runs": len(t)}
+    return {name: {"median_ms": 1000 * statistics.median(t), "runs": len(t), **models[name][1]}
             for name, t in times.items()}
 
 
-def first_iteration_reaching(curve: list[dict], target: float) -> int | None:
-    return next((point["iteration"] for point in curve if point["AP"] >= target), None)
+def _run_unit(job: dict) -> tuple[str, dict]:
+    _setup_worker(job["data"], job["threads"])
+    start = time.perf_counter()
+    if job["kind"] == "train":
+        result = train_unit(job["setting"], job["seed"], job["iters"], job["eval_every"])
+    else:
+        result = latency_unit(job["rounds"])
+    result.update(settings=job["signature"], wall_s=time.perf_counter() - start, load_average_end=os.getloadavg()[0])
+    path = Path(job["path"])
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(path)  # a unit exists only once complete
+    return job["name"], result
 
 
-def plot(results: dict, path: Path) -> None:
+# ------------------------------------------------------------------------------------------ report (main side)
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(units: dict, seeds: list[int]) -> dict:
+    """Mean ± std over seeds of every curve point, final AP, curve-mean AP and step time, per setting; gains."""
+    summary: dict = {"settings": {}, "pairs": {}}
+    for setting in SETTINGS:
+        runs = [units[f"{setting}_seed{s}"] for s in seeds]
+        iterations = [p["iteration"] for p in runs[0]["curve"]]
+        summary["settings"][setting] = {
+            "iterations": iterations,
+            "ap_mean_std": [_mean_std([r["curve"][i]["AP"] for r in runs]) for i in range(len(iterations))],
+            "final_ap": _mean_std([r["curve"][-1]["AP"] for r in runs]),
+            "curve_mean_ap": _mean_std([statistics.fmean(p["AP"] for p in r["curve"]) for r in runs]),
+            "median_step_s": _mean_std([r["median_step_s"] for r in runs]),
+        }
+    latency = units["latency"]
+    for base, co in PAIRS:
+        b, c = summary["settings"][base], summary["settings"][co]
+        per_seed_gain = [units[f"{co}_seed{s}"]["curve"][-1]["AP"] - units[f"{base}_seed{s}"]["curve"][-1]["AP"]
+                         for s in seeds]
+        ahead = sum(cp["AP"] >= bp["AP"] for s in seeds
+                    for bp, cp in zip(units[f"{base}_seed{s}"]["curve"], units[f"{co}_seed{s}"]["curve"]))
+        summary["pairs"][f"{co} vs {base}"] = {
+            "final_ap_gain": _mean_std(per_seed_gain),
+            "points_ahead": ahead,
+            "points": sum(len(units[f"{co}_seed{s}"]["curve"]) for s in seeds),
+            "train_step_ratio": c["median_step_s"][0] / b["median_step_s"][0],
+            "latency_ratio_stripped": latency[co]["median_ms"] / latency[base]["median_ms"],
+            "equal_inference_parameters": latency[co]["inference"] == latency[base]["inference"],
+        }
+    return summary
+
+
+def plot(summary: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, colour in (("Deformable-DETR", "tab:blue"), ("Co-DETR", "tab:red")):
-        for i, run in enumerate(results["runs"]):
-            curve = run[name]["curve"]
-            ax.plot([p["iteration"] for p in curve], [p["AP"] for p in curve], marker="o", color=colour,
-                    alpha=1.0 if i == 0 else 0.45, label=f"{name}, seed {run['seed']}")
-    ax.set_xlabel("training iteration (batch 4)")
-    ax.set_ylabel("box AP on synth_coco_val")
-    ax.set_title("Co-DETR vs Deformable-DETR, tiny models, synthetic data (CPU)")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = {"Deformable-DETR": "tab:blue", "Co-Deformable-DETR": "tab:red", "DINO": "tab:green",
+               "Co-DINO": "tab:purple"}
+    for setting, record in summary["settings"].items():
+        mean = np.array([m for m, _ in record["ap_mean_std"]])
+        std = np.array([s for _, s in record["ap_mean_std"]])
+        style = "-" if setting.startswith("Co-") else "--"
+        ax.plot(record["iterations"], mean, style, marker="o", color=colours[setting], label=setting)
+        ax.fill_between(record["iterations"], mean - std, mean + std, color=colours[setting], alpha=0.15)
+    ax.set_xlabel(f"training iteration (batch {BATCH_SIZE})")
+    ax.set_ylabel("box AP on synth_coco_val (mean ± std over seeds)")
+    ax.set_title("Co-DETR on two bases, tiny models, synthetic data (CPU)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -172,150 +268,107 @@ def plot(results: dict, path: Path) -> None:
 
 
 def write_markdown(results: dict, path: Path) -> None:
-    runs = results["runs"]
+    summary, args = results["summary"], results["args"]
     lines = [
-        "# Co-DETR vs Deformable-DETR on the synthetic data",
+        "# Co-DETR on Deformable-DETR and DINO, synthetic data",
         "",
-        f"Tiny models (`{CONFIG.relative_to(ROOT)}`), trained on synth_coco_train (48 images, 6 classes, 128 px), "
-        f"batch {BATCH_SIZE}, AdamW lr {LR}, {results['iters']} iterations each from identical shared weights and "
-        "identical batches; box AP (COCO, IoU .50:.95) on synth_coco_val (20 images). "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {results['threads']} torch "
-        f"thread(s), torch {torch.__version__}; 1-min load average {results['load_average_start']:.1f} at the start, "
-        f"{results['load_average_end']:.1f} at the end (above the core count, wall-clock numbers are noisy).",
+        f"Tiny models (`projects/CoDETR/configs/co_deformable_detr_synthetic.py`, `co_dino_synthetic.py`; bases "
+        f"without auxiliary heads, from the same shared weights), synth_coco_train, batch {BATCH_SIZE}, AdamW lr "
+        f"{LR}, {args['iters']} iterations, seeds {args['seeds']}, box AP on synth_coco_val (20 images). "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {args['workers']} worker(s) of "
+        f"{args['threads']} torch thread(s), torch {torch.__version__}; wall {results['wall_s'] / 60:.1f} min.",
         "",
-        "## Convergence at equal iterations",
+        "## AP over iterations (mean ± std over seeds)",
         "",
-        "| seed | iteration | Deformable-DETR AP | Co-DETR AP | Deformable-DETR AP50 | Co-DETR AP50 |",
-        "|---|---|---|---|---|---|",
+        "| iteration | " + " | ".join(SETTINGS) + " |",
+        "|---|" + "---|" * len(SETTINGS),
     ]
-    for run in runs:
-        for d, c in zip(run["Deformable-DETR"]["curve"], run["Co-DETR"]["curve"]):
-            lines.append(f"| {run['seed']} | {d['iteration']} | {d['AP']:.1f} | {c['AP']:.1f} | {d['AP50']:.1f} | "
-                         f"{c['AP50']:.1f} |")
-    summary = results["summary"]
-    lines += [
-        "",
-        f"Final AP (mean over seeds): Deformable-DETR **{summary['final_ap']['Deformable-DETR']:.1f}**, "
-        f"Co-DETR **{summary['final_ap']['Co-DETR']:.1f}** (difference {summary['final_ap_gain']:+.1f}); "
-        f"mean AP over all evaluation points: {summary['mean_curve_ap']['Deformable-DETR']:.1f} vs "
-        f"{summary['mean_curve_ap']['Co-DETR']:.1f}.",
-        "",
-        f"Co-DETR's AP is at least Deformable-DETR's at {summary['co_detr_ahead_points']} of "
-        f"{summary['evaluation_points']} evaluation points. "
-        "Iterations Co-DETR needs to reach Deformable-DETR's final AP, per seed: "
-        + ", ".join(f"seed {s}: {v if v is not None else 'not reached'}"
-                    for s, v in summary["co_detr_iterations_to_baseline_final_ap"].items())
-        + f" (of {results['iters']}).",
-        "",
-        "Training cost per iteration (median wall clock, CPU): Deformable-DETR "
-        f"{summary['median_step_s']['Deformable-DETR']:.2f} s, Co-DETR {summary['median_step_s']['Co-DETR']:.2f} s "
-        f"(x{summary['train_step_ratio']:.2f}: the auxiliary heads and positive-query decoder passes are training "
-        "cost; the claim is per iteration / epoch, not per second).",
-        "",
-        "![AP over iterations](codetr_claims.png)",
-        "",
-        "## Inference cost",
-        "",
-        "| model | parameters used at inference | all parameters | median latency (ms, batch 1) |",
-        "|---|---|---|---|",
-    ]
-    latency, params = results["latency"], results["parameters"]
-    for name in latency:
-        lines.append(f"| {name} | {params[name]['inference']:,} | {params[name]['total']:,} | "
-                     f"{latency[name]['median_ms']:.1f} |")
-    lines += [
-        "",
-        f"Latency ratio Co-DETR / Deformable-DETR: **{summary['latency_ratio']:.3f}** (as trained), "
-        f"**{summary['latency_ratio_stripped']:.3f}** (after `strip_auxiliary()`); the inference parameter counts "
-        f"are {'equal' if summary['equal_inference_parameters'] else 'DIFFERENT'}.",
-        "",
-    ]
-    path.write_text("\n".join(lines))
+    first = next(iter(summary["settings"].values()))
+    for i, iteration in enumerate(first["iterations"]):
+        cells = ["{:.1f} ± {:.1f}".format(*summary["settings"][s]["ap_mean_std"][i]) for s in SETTINGS]
+        lines.append(f"| {iteration} | " + " | ".join(cells) + " |")
+    lines += ["", "| setting | final AP | mean AP over the curve | median step (s) |", "|---|---|---|---|"]
+    for setting, record in summary["settings"].items():
+        lines.append(f"| {setting} | {record['final_ap'][0]:.1f} ± {record['final_ap'][1]:.1f} | "
+                     f"{record['curve_mean_ap'][0]:.1f} ± {record['curve_mean_ap'][1]:.1f} | "
+                     f"{record['median_step_s'][0]:.2f} |")
+    lines += ["", "| comparison | final AP gain | points ahead | train step ratio | latency ratio (stripped) | "
+                  "equal inference parameters |", "|---|---|---|---|---|---|"]
+    for name, pair in summary["pairs"].items():
+        lines.append(f"| {name} | {pair['final_ap_gain'][0]:+.1f} ± {pair['final_ap_gain'][1]:.1f} | "
+                     f"{pair['points_ahead']} / {pair['points']} | {pair['train_step_ratio']:.2f} | "
+                     f"{pair['latency_ratio_stripped']:.3f} | {pair['equal_inference_parameters']} |")
+    lines += ["", "![AP over iterations](codetr_claims.png)", "", "## Inference (stripped models, batch 1)", "",
+              "| model | parameters at inference | all parameters (training) | median latency (ms) |",
+              "|---|---|---|---|"]
+    for setting, record in results["units"]["latency"].items():
+        if isinstance(record, dict) and "median_ms" in record:
+            lines.append(f"| {setting} | {record['inference']:,} | {record['total']:,} | {record['median_ms']:.1f} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _jobs(args, data: Path, units_dir: Path) -> list[dict]:
+    train_signature = {"iters": args.iters, "eval_every": args.eval_every, "batch_size": BATCH_SIZE, "lr": LR}
+    jobs = [{"kind": "train", "name": f"{setting}_seed{seed}", "setting": setting, "seed": seed, "iters": args.iters,
+             "eval_every": args.eval_every, "signature": train_signature}
+            for seed in args.seeds for setting in SETTINGS]
+    jobs.append({"kind": "latency", "name": "latency", "rounds": args.latency_rounds,
+                 "signature": {"latency_rounds": args.latency_rounds}})
+    for job in jobs:
+        job.update(data=str(data), threads=args.threads, path=str(units_dir / f"{job['name']}.json"))
+    return jobs
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--iters", type=int, default=500)
+    parser.add_argument("--iters", type=int, default=1000)
     parser.add_argument("--eval-every", type=int, default=100)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--latency-rounds", type=int, default=5)
-    parser.add_argument("--data", help="existing synthetic output (manifest.json); default: generate one")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--out", default=str(RESULTS_DIR))
+    parser.add_argument("--workers", type=int, default=2, help="units run in parallel (one process each)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per worker")
+    parser.add_argument("--data", help="existing synthetic output (manifest.json); default: generated under --out")
+    parser.add_argument("--out", default=None, help=f"default {RESULTS_DIR} ({RESULTS_DIR / 'smoke'} with --smoke)")
+    parser.add_argument("--smoke", action="store_true", help="1 seed x 6 iterations: checks the pipeline only")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.smoke:
+        args.iters, args.eval_every, args.seeds, args.latency_rounds = 6, 3, [0], 1
+    out = Path(args.out) if args.out else RESULTS_DIR / ("smoke" if args.smoke else "")
+    units_dir = out / "codetr_claims_units"
+    units_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("detectron2").setLevel(logging.WARNING)
-    logging.getLogger("d2").setLevel(logging.WARNING)
-    logging.getLogger("unidet2").setLevel(logging.WARNING)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
 
-    with tempfile.TemporaryDirectory(prefix="codetr_claims_") as tmp:
-        data = Path(args.data) if args.data else Path(tmp) / "synthetic"
-        if not args.data:
-            generate_synthetic(data, seed=0, preset="test")
-        register_synthetic(data, name_prefix=PREFIX)
-        val_loader = build_detection_test_loader(
-            DatasetCatalog.get(VAL_SET),
-            mapper=MultiDatasetMapper(is_train=False, augmentations=[T.ResizeShortestEdge(128, 192)],
-                                      image_format="BGR"),
-            num_workers=0,
-        )
-        results: dict = {"iters": args.iters, "eval_every": args.eval_every, "batch_size": BATCH_SIZE,
-                         "lr": LR, "threads": args.threads, "load_average_start": os.getloadavg()[0], "runs": []}
-        start = time.perf_counter()
-        for seed in args.seeds:
-            co_detr, deformable_detr = build_models(seed)
-            run = {"seed": seed}
-            run["Deformable-DETR"] = train(deformable_detr, "Deformable-DETR", seed, args.iters, args.eval_every,
-                                           val_loader)
-            run["Co-DETR"] = train(co_detr, "Co-DETR", seed, args.iters, args.eval_every, val_loader)
-            results["runs"].append(run)
+    data = Path(args.data) if args.data else out / "codetr_claims_data"
+    if not (data / "manifest.json").is_file():
+        from unidet2.data.synthetic import generate_synthetic
 
-        stripped = build_models(args.seeds[-1])[0]
-        stripped.load_state_dict(co_detr.state_dict())
-        stripped.strip_auxiliary()
-        models = {"Deformable-DETR": deformable_detr, "Co-DETR": co_detr, "Co-DETR (stripped)": stripped}
-        results["latency"] = measure_latency(models, args.latency_rounds)
-        results["parameters"] = {
-            name: {"inference": m.inference_parameter_count(), "total": sum(p.numel() for p in m.parameters())}
-            for name, m in models.items()
-        }
-        results["wall_s"] = time.perf_counter() - start
-        results["load_average_end"] = os.getloadavg()[0]
-
-    final = {n: statistics.fmean(r[n]["curve"][-1]["AP"] for r in results["runs"])
-             for n in ("Deformable-DETR", "Co-DETR")}
-    mean_curve = {n: statistics.fmean(p["AP"] for r in results["runs"] for p in r[n]["curve"])
-                  for n in ("Deformable-DETR", "Co-DETR")}
-    step = {n: statistics.fmean(r[n]["median_step_s"] for r in results["runs"]) for n in ("Deformable-DETR", "Co-DETR")}
-    latency = results["latency"]
-    results["summary"] = {
-        "final_ap": final,
-        "final_ap_gain": final["Co-DETR"] - final["Deformable-DETR"],
-        "mean_curve_ap": mean_curve,
-        "co_detr_iterations_to_baseline_final_ap": {
-            r["seed"]: first_iteration_reaching(r["Co-DETR"]["curve"], r["Deformable-DETR"]["curve"][-1]["AP"])
-            for r in results["runs"]
-        },
-        "co_detr_ahead_points": sum(
-            c["AP"] >= d["AP"]
-            for r in results["runs"] for d, c in zip(r["Deformable-DETR"]["curve"], r["Co-DETR"]["curve"])
-        ),
-        "evaluation_points": sum(len(r["Co-DETR"]["curve"]) for r in results["runs"]),
-        "median_step_s": step,
-        "train_step_ratio": step["Co-DETR"] / step["Deformable-DETR"],
-        "latency_ratio": latency["Co-DETR"]["median_ms"] / latency["Deformable-DETR"]["median_ms"],
-        "latency_ratio_stripped": latency["Co-DETR (stripped)"]["median_ms"] / latency["Deformable-DETR"]["median_ms"],
-        "equal_inference_parameters": results["parameters"]["Co-DETR"]["inference"]
-        == results["parameters"]["Deformable-DETR"]["total"]
-        == results["parameters"]["Co-DETR (stripped)"]["total"],
-    }
+        generate_synthetic(data, seed=0, preset="test")
+    start = time.perf_counter()
+    units, pending = {}, []
+    for job in _jobs(args, data, units_dir):
+        path = Path(job["path"])
+        if path.is_file():
+            record = json.loads(path.read_text())
+            if record.get("settings") != job["signature"]:
+                raise SystemExit(f"{path} was measured with {record.get('settings')}, not {job['signature']}: "
+                                 "use another --out or delete it")
+            logger.info("unit %s: finished earlier, skipped", job["name"])
+            units[job["name"]] = record
+        else:
+            pending.append(job)
+    logger.info("%d units to run, %d finished earlier", len(pending), len(units))
+    if pending:
+        context = multiprocessing.get_context("spawn")  # fresh processes: no inherited thread pools
+        with context.Pool(min(args.workers, len(pending)), maxtasksperchild=1) as pool:
+            for name, result in pool.imap_unordered(_run_unit, pending):
+                logger.info("unit %s finished (%.0f s)", name, result["wall_s"])
+                units[name] = result
+    results = {"args": vars(args), "units": units, "wall_s": time.perf_counter() - start,
+               "summary": summarize(units, args.seeds)}
     (out / "codetr_claims.json").write_text(json.dumps(results, indent=1) + "\n")
-    plot(results, out / "codetr_claims.png")
+    plot(results["summary"], out / "codetr_claims.png")
     write_markdown(results, out / "codetr_claims.md")
-    logger.info("wrote %s (%.0f s)", out / "codetr_claims.md", results["wall_s"])
+    logger.info("wrote %s (%.0f s, %d units run now)", out / "codetr_claims.md", results["wall_s"], len(pending))
     return results
 
 

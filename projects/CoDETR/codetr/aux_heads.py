@@ -420,7 +420,7 @@ def build_faster_rcnn_aux_head(
     rpn_loss_weight: float = 1.0,
     roi_loss_weight: dict[str, float] | None = None,
 ) -> CoFasterRCNNHead:
-    """Co-DETR's Faster R-CNN auxiliary head (codetr.md §2 table and the R50 config) from detectron2 parts.
+    """Co-DETR's Faster R-CNN auxiliary head (the official R50 config, README "Hyper-parameters"), detectron2 parts.
 
     RPN on every adapter level: anchors ``stride * 4 * 2^(i/3)`` (i = 0, 1, 2) x ratios (0.5, 1, 2), IoU 0.7 /
     0.3 with low-quality matches, 256 samples 50 % positive, L1 box loss, train NMS 0.7 keeping

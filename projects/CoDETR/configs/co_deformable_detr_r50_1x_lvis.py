@@ -1,8 +1,8 @@
 """Co-Deformable-DETR R50 on LVIS v1 (1203 classes), 12 epochs with repeat-factor sampling (t = 0.001, mmdet's
 ClassBalancedDataset(oversample_thr=1e-3) in the official LVIS configs), 300 detections per image (LVIS protocol).
 
-The official repository ships LVIS configs for Co-DINO only; heads, losses and optimiser here are those of the
-COCO R50 config (codetr.md §5: "LVIS configs: 1203 classes, otherwise same heads").
+The official repository ships LVIS configs for Co-DINO only, whose heads equal their COCO configs' but for the 1203
+classes; heads, losses and optimiser here are likewise those of the COCO R50 config.
 """
 
 from detectron2.config import LazyCall as L
