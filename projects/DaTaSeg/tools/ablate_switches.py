@@ -4,7 +4,7 @@ Each variant changes ONE switch from the reference setting of the tiny config an
 synthetic sets for ``--iters`` iterations, then evaluated on their validation sets. The instance-inference
 switch needs no training: every trained model is evaluated with both thing filters.
 
-    python projects/DaTaSeg/tools/ablate_switches.py --iters 500 --out output/dataseg_switch_ablation
+    python projects/DaTaSeg/tools/ablate_switches.py --iters 300 --out output/dataseg_switch_ablation
 
 This is a cheap sanity check sized to a shared 2-core machine, not a claims benchmark: one seed, a short schedule,
 60 validation images per set. Differences of a couple of points are within the seed-to-seed spread measured in
@@ -87,7 +87,7 @@ def train_variant(name: str, overrides: list[str], data: Path, out: Path, iters:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--iters", type=int, default=500)
+    parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("output/dataseg_switch_ablation"))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
