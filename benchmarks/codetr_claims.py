@@ -15,8 +15,9 @@ Setup (fixed before any run, reported whichever way it comes out):
 * training: the same batches for every setting of a seed (4 images, same order, flips and scales), AdamW lr 5e-4
   (x 0.1 on ``sampling_offsets`` / ``reference_points``), grad clip 0.1, ``--iters`` iterations, AP every
   ``--eval-every`` (the curve shows whether it flattened);
-* inference: eval-mode forward at batch 1 on the 20 val images, the four stripped models (``strip_auxiliary()``)
-  alternated image by image, median over ``--latency-rounds`` rounds; parameters used at inference.
+* inference: eval-mode forward at batch 1 on the 20 val images, the four stripped models (``strip_auxiliary()``),
+  and DINO without its soft-NMS, alternated image by image, median over ``--latency-rounds`` rounds; parameters
+  used at inference.
 
 Resumable: every (setting, seed) training run and the latency measurement is a unit written to
 ``<out>/codetr_claims_units/<unit>.json`` when it finishes; a rerun with the same settings skips finished units (a
@@ -174,6 +175,10 @@ def latency_unit(rounds: int) -> dict:
         total = sum(p.numel() for p in model.parameters())
         inference = model.inference_parameter_count()
         models[setting] = (model.strip_auxiliary().eval(), {"total": total, "inference": inference})
+        if setting == "DINO":  # the cost of the released soft-NMS, next to the NMS-free DETR output
+            plain = build_model(setting, seed=0).strip_auxiliary().eval()
+            plain.soft_nms_iou = None
+            models["DINO (no soft-NMS)"] = (plain, {"total": total, "inference": inference})
     mapper = _test_mapper()
     images = [mapper(r) for r in DatasetCatalog.get(VAL_SET)]
     for model, _ in models.values():

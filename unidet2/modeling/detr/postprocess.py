@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torchvision.ops import box_iou
 
@@ -14,8 +15,8 @@ def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0
 
     Greedily takes the highest-scoring remaining box and decays the score of every other remaining box by its IoU
     with it: ``linear``: s *= 1 - IoU where IoU > iou_threshold; ``gaussian``: s *= exp(-IoU^2 / sigma). Boxes whose
-    score falls below ``min_score`` are dropped. (torchvision has hard NMS only; this is a plain O(N^2) loop over
-    at most a few hundred DETR detections.)
+    score falls below ``min_score`` are dropped. torchvision has hard NMS only; the greedy loop runs in NumPy on the
+    CPU (as mmcv's soft-NMS, which the released Co-DINO uses, runs on the CPU): a few hundred DETR detections.
 
     Args:
         boxes: (N, 4) XYXY. scores: (N,).
@@ -25,46 +26,39 @@ def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0
     """
     if method not in ("linear", "gaussian"):
         raise ValueError(f"soft-NMS method must be 'linear' or 'gaussian', got {method!r}")
-    scores = scores.clone()
-    remaining = torch.arange(len(scores), device=scores.device)
-    ious = box_iou(boxes, boxes)
+    ious = box_iou(boxes.float(), boxes.float()).cpu().numpy()
+    current = scores.detach().float().cpu().numpy().copy()
+    remaining = np.arange(len(current))
     keep, kept_scores = [], []
-    while remaining.numel():
-        best = int(scores[remaining].argmax())
-        index = remaining[best]
+    while remaining.size:
+        best = int(current[remaining].argmax())
+        index = int(remaining[best])
         keep.append(index)
-        kept_scores.append(scores[index])
-        remaining = torch.cat([remaining[:best], remaining[best + 1:]])
-        if not remaining.numel():
+        kept_scores.append(current[index])
+        remaining = np.delete(remaining, best)
+        if not remaining.size:
             break
         overlap = ious[index, remaining]
         if method == "linear":
-            decay = torch.where(overlap > iou_threshold, 1 - overlap, torch.ones_like(overlap))
+            decay = np.where(overlap > iou_threshold, 1.0 - overlap, 1.0)
         else:
-            decay = torch.exp(-(overlap * overlap) / sigma)
-        scores[remaining] = scores[remaining] * decay
-        remaining = remaining[scores[remaining] >= min_score]
-    if not keep:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device), scores[:0]
-    keep_t, new_scores = torch.stack(keep), torch.stack(kept_scores)
-    order = new_scores.argsort(descending=True, stable=True)
-    return keep_t[order], new_scores[order]
+            decay = np.exp(-(overlap * overlap) / sigma)
+        current[remaining] *= decay
+        remaining = remaining[current[remaining] >= min_score]
+    order = np.argsort(-np.asarray(kept_scores, dtype=np.float64), kind="stable")
+    keep_t = torch.as_tensor(np.asarray(keep, dtype=np.int64)[order], device=boxes.device)
+    new_scores = torch.as_tensor(np.asarray(kept_scores, dtype=np.float32)[order], device=scores.device)
+    return keep_t, new_scores.to(scores.dtype)
 
 
 def batched_soft_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, **kwargs):
-    """Class-aware :func:`soft_nms` (boxes of different labels never suppress each other).
+    """Class-aware :func:`soft_nms`: boxes of different labels never suppress each other (each label's boxes are
+    shifted apart, as torchvision's ``batched_nms`` does, so that one pass handles every class).
 
     Returns:
         keep (K,), new_scores (K,), over all classes, in decreasing order of the new scores.
     """
-    keeps, new_scores = [], []
-    for label in labels.unique():
-        index = (labels == label).nonzero().squeeze(1)
-        keep, score = soft_nms(boxes[index], scores[index], **kwargs)
-        keeps.append(index[keep])
-        new_scores.append(score)
-    if not keeps:
+    if boxes.numel() == 0:
         return labels.new_zeros(0), scores[:0]
-    keep, score = torch.cat(keeps), torch.cat(new_scores)
-    order = score.argsort(descending=True, stable=True)
-    return keep[order], score[order]
+    offsets = labels.to(boxes.dtype) * (boxes.max() - boxes.min() + 1)
+    return soft_nms(boxes + offsets[:, None], scores, **kwargs)
