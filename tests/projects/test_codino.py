@@ -255,6 +255,21 @@ def test_co_dino_forward_backward_every_branch():
     assert model.enc_class_embed.out_features == NUM_CLASSES  # DINO: C-way, trained with the real labels
 
 
+def test_co_dino_images_without_boxes_and_bf16_autocast():
+    model = _build(_config())
+    inputs = _inputs()
+    inputs[1]["instances"] = inputs[1]["instances"][:0]  # kept by detectron2 (Co-DETR keeps empty images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = _train_losses(model, inputs)
+        assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
+        assert "loss_cls_dn_dec0" in losses
+        sum(losses.values()).backward()
+    for x in inputs:
+        x["instances"] = x["instances"][:0]
+    losses = _train_losses(model, inputs)  # no box in the batch: no denoising queries, the rest trains
+    assert not any("_dn_" in k for k in losses) and all(torch.isfinite(v) for v in losses.values())
+
+
 def test_co_dino_positive_groups_concat_equals_separate():
     losses = {}
     for mode in ("separate", "concat"):
