@@ -20,6 +20,8 @@ def _metrics(evaluation: dict) -> dict[str, float]:
         "PQ": evaluation["synth_panoptic_val"]["panoptic_seg"]["PQ"],
         "PQ_th": evaluation["synth_panoptic_val"]["panoptic_seg"]["PQ_th"],
         "PQ_st": evaluation["synth_panoptic_val"]["panoptic_seg"]["PQ_st"],
+        "thing_mask_AP": evaluation["synth_panoptic_val"]["segm"]["AP"],
+        "thing_mask_AP50": evaluation["synth_panoptic_val"]["segm"]["AP50"],
         "panoptic_mIoU": evaluation["synth_panoptic_val"]["sem_seg"]["mIoU"],
         "semantic_mIoU": evaluation["synth_semantic_val"]["sem_seg"]["mIoU"],
         "box_set_mask_AP": evaluation["synth_boxes_val_masks"]["segm"]["AP"],
@@ -52,11 +54,17 @@ def test_joint_training_reaches_pq_miou_and_weak_mask_ap(tmp_path, monkeypatch):
                 DatasetCatalog.remove(name)
                 MetadataCatalog.remove(name)
     print("DaTaSeg tiny joint training:", metrics)
-    # measured (seed 0, 600 iterations, 98 s): PQ 45.6 (things 1.2, stuff 89.9), panoptic mIoU 52.0, semantic mIoU
-    # 60.6, box-set mask AP 4.5 / AP50 9.0; the untrained model: PQ 0.0, mIoU 1.7 / 4.1, mask AP 0.0 / AP50 0.0
+    # measured (seed 0, 600 iterations, Xavier init; twice, identical; 220 s CPU, 7.5 min wall on the loaded shared
+    # 2-core machine): PQ 46.2 (things 0.0, stuff 92.5), thing mask AP on the panoptic set 5.5 / AP50 12.2, panoptic
+    # mIoU 50.2, semantic mIoU 60.9, box-set mask AP 5.5 / AP50 10.3. The untrained model (measured earlier): PQ 0.0,
+    # mIoU 1.7 / 4.1, box-set mask AP 0.0. PQ things is 0.0 this early (no thing segment clears the background and
+    # the object threshold), so the thing path (thing classes + instance masks) is held by the panoptic set's thing
+    # mask AP instead: a broken thing path gives 0 there.
     assert metrics["PQ"] > 30.0
     assert metrics["PQ_st"] > 60.0
+    assert metrics["thing_mask_AP"] > 2.5
+    assert metrics["thing_mask_AP50"] > 6.0
     assert metrics["panoptic_mIoU"] > 35.0
     assert metrics["semantic_mIoU"] > 45.0
-    assert metrics["box_set_mask_AP"] > 2.0
-    assert metrics["box_set_mask_AP50"] > 4.0
+    assert metrics["box_set_mask_AP"] > 2.5
+    assert metrics["box_set_mask_AP50"] > 5.0

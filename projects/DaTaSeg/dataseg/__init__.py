@@ -13,7 +13,9 @@ from .losses import (
 )
 from .matcher import DaTaSegMatcher, hungarian_match, tight_boxes
 from .merge import (
+    BACKGROUND_PROPOSALS,
     MASK_MERGES,
+    MASK_WEIGHTINGS,
     MERGE_BY_TASK,
     MergedPredictions,
     merge_ground_truth,
@@ -22,15 +24,17 @@ from .merge import (
 )
 from .meta_arch import DaTaSeg
 from .optim import dataseg_param_groups
-from .pixel_decoder import MSDeformAttnPixelDecoder
-from .postprocess import instance_inference, panoptic_inference, semantic_inference
+from .pixel_decoder import MSDeformAttnPixelDecoder, xavier_init_weight_matrices
+from .postprocess import THING_FILTERS, instance_inference, panoptic_inference, semantic_inference
 from .transformer_decoder import MaskedAttentionDecoder, text_logits
 from .vocabulary import DatasetVocabulary, dataset_vocabularies, first_vocabulary_embeddings, thing_classes_of
 
 __all__ = [
+    "BACKGROUND_PROPOSALS",
     "BOX_SUPERVISED_TASKS",
     "LOSS_NAMES",
     "MASK_MERGES",
+    "MASK_WEIGHTINGS",
     "MERGE_BY_TASK",
     "DaTaSeg",
     "DaTaSegCriterion",
@@ -39,6 +43,7 @@ __all__ = [
     "MSDeformAttnPixelDecoder",
     "MaskedAttentionDecoder",
     "MergedPredictions",
+    "THING_FILTERS",
     "box_projection_targets",
     "dataset_vocabularies",
     "dataseg_param_groups",
@@ -59,4 +64,5 @@ __all__ = [
     "text_logits",
     "thing_classes_of",
     "tight_boxes",
+    "xavier_init_weight_matrices",
 ]
