@@ -30,6 +30,7 @@ help:
 	@echo "make env      environment report (python -m unidet2.env)"
 	@echo "make lint     ruff"
 	@echo "make bench    benchmarks (JSON + markdown tables under benchmarks/results/)"
+	@echo "make gpu-check  every GPU path measured in <= 8 min on one GPU (GPU_CHECK_ARGS=--cpu-smoke: CPU smoke)"
 	@echo "make eval-coco|eval-lvis|eval-odinw CONFIG=<cfg.py> CKPT=<model.pth>  evaluate a checkpoint"
 	@echo "make eval-odinw-finetune CONFIG=.. CKPT=.. [ODINW_SETTINGS='full 1 3 5 10']  ODinW fine-tuning protocols"
 	@echo "make train-stage1|train-stage2|train-stage3|train-longtail [LAUNCHER=local|slurm]  step-wise long-tail stages"
@@ -123,3 +124,11 @@ CHECK_ARGS ?=
 check-data: install
 	@test -n "$(CONFIG)" || { echo "usage: make check-data CONFIG=<LazyConfig .py> [CHECK_ARGS='--decode --workers 8']"; exit 2; }
 	$(PY) -m unidet2.data.check --config-file $(CONFIG) $(CHECK_ARGS)
+
+# One prepared GPU check (benchmarks/README.md, "GPU check"): results in benchmarks/results/gpu_check.{json,md}.
+# Without CUDA it says so and exits 0; GPU_CHECK_ARGS="--cpu-smoke" runs the tiny CPU version instead.
+.PHONY: gpu-check
+GPU_CHECK_ARGS ?=
+gpu-check: install
+	@mkdir -p benchmarks/results
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
