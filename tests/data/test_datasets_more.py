@@ -437,3 +437,36 @@ def test_odinw_splits_load(root, caplog):
         FileNotFoundError, match=r"odinw/Aquarium/Aquarium Combined.v2-raw-1024.coco/\{train,valid,test\}"
     ):
         DatasetCatalog.get("odinw_aquarium_val")
+
+
+# -------------------------------------------------------------------------------------------------------
+# Conversion scripts of DATASETS.md (tools/datasets/)
+# -------------------------------------------------------------------------------------------------------
+def _load_tool(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "datasets" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_convert_openimages_script_writes_what_the_json_dataset_reads(root):
+    _write_openimages_v6_val(root)
+    assert _load_tool("convert_openimages").main(["--version", "v6", "--split", "val"]) == 0
+    records = DatasetCatalog.get("openimages_v6_val")
+    assert [r["file_name"].rsplit("/", 1)[-1] for r in records] == ["aaa111.jpg", "bbb222.jpg", "ccc333.jpg"]
+    assert [len(r["annotations"]) for r in records] == [2, 1, 0]
+
+
+def test_prepare_ade20k_sem_seg_script_shifts_labels_and_marks_other_as_ignore(root):
+    base = root / "ADEChallengeData2016"
+    labels = np.array([[0, 1, 7], [150, 0, 2]], np.uint8)
+    write_label_map(base / "annotations/training/ADE_train_00000001.png", labels)
+    write_label_map(base / "annotations/validation/ADE_val_00000001.png", labels[::-1].copy())
+    assert _load_tool("prepare_ade20k_sem_seg").main(["--workers", "0"]) == 0
+    converted = np.asarray(Image.open(base / "annotations_detectron2/training/ADE_train_00000001.png"))
+    assert converted.tolist() == [[255, 0, 6], [149, 255, 1]]
+    assert (base / "annotations_detectron2/validation/ADE_val_00000001.png").exists()

@@ -44,6 +44,7 @@ __all__ = [
     "convert_openimages_csv_to_coco_json",
     "load_openimages_classes",
     "load_openimages_csv",
+    "openimages_json_relpath",
     "register_all_openimages",
 ]
 
@@ -102,7 +103,8 @@ OPENIMAGES_VERSIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def _json_rel(version: str, split: str) -> str:
+def openimages_json_relpath(version: str, split: str) -> str:
+    """Where (relative to the dataset root) the converted json of a version / split is read from."""
     return f"{_ANNOTATIONS}/openimages_{version}_{split}_bbox.json"
 
 
@@ -371,7 +373,7 @@ def _load_csv_split(root: str | None, version: str, split: str) -> list[dict]:
 def _load_json_split(root: str | None, version: str, split: str) -> list[dict]:
     image_dir = OPENIMAGES_VERSIONS[version]["splits"][split][0]
     records = load_coco_instances(
-        resolve_path(root, _json_rel(version, split)),
+        resolve_path(root, openimages_json_relpath(version, split)),
         resolve_path(root, image_dir),
         layout=OPENIMAGES_LAYOUT,
         extra_annotation_keys=["is_group_of"],
@@ -420,7 +422,7 @@ def register_all_openimages(root: str | None = None) -> None:
     """
     for version, spec in OPENIMAGES_VERSIONS.items():
         for split, (image_dir, bbox_rel, _, labels_rel) in spec["splits"].items():
-            json_rel = _json_rel(version, split)
+            json_rel = openimages_json_relpath(version, split)
             register_lazy_dataset(
                 f"openimages_{version}_{split}",
                 "detection",
