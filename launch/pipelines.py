@@ -10,20 +10,24 @@ earlier stages, resolved before submission:
 e.g. ``inputs={"train.init_checkpoint": "{pretrain.checkpoint}"}`` or
 ``inputs={"+model.teacher_weights": "{pretrain.checkpoint}", "dataloader.train.json": "{select.output_dir}/x.json"}``.
 
-Register new pipelines with :func:`register_pipeline` (in this module or any module named on the command
-line as ``package.module:PIPELINE``).
+Register new pipelines with :func:`register_pipeline`. A method registers its own pipelines in its project, in
+``projects/<Project>/<package>/pipelines.py``: :func:`get_pipeline` imports those modules when it meets a name
+it does not know yet, so the launcher finds them by name without naming any method. Any module can also be
+named on the command line as ``package.module:PIPELINE``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import importlib
 import os
 from collections.abc import Mapping
 
-__all__ = ["PIPELINES", "Pipeline", "Stage", "get_pipeline", "register_pipeline"]
+__all__ = ["PIPELINES", "Pipeline", "Stage", "discover_project_pipelines", "get_pipeline", "register_pipeline"]
 
-_EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples", "configs")
+_REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_EXAMPLES = os.path.join(_REPOSITORY, "launch", "examples", "configs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,14 +75,31 @@ def register_pipeline(pipeline: Pipeline) -> Pipeline:
     return pipeline
 
 
+def discover_project_pipelines() -> list[str]:
+    """Import every ``projects/<Project>/<package>/pipelines.py`` (each registers its project's pipelines).
+
+    Returns:
+        the imported module names.
+    """
+    modules = []
+    for path in sorted(glob.glob(os.path.join(_REPOSITORY, "projects", "*", "*", "pipelines.py"))):
+        module = os.path.relpath(path[: -len(".py")], _REPOSITORY).replace(os.sep, ".")
+        importlib.import_module(module)
+        modules.append(module)
+    return modules
+
+
 def get_pipeline(name: str) -> Pipeline:
-    """A registered pipeline, or ``package.module:ATTRIBUTE`` naming a Pipeline object."""
+    """A registered pipeline (the projects' ones included, see the module doc), or ``package.module:ATTRIBUTE``
+    naming a Pipeline object."""
     if ":" in name:
         module_name, _, attribute = name.partition(":")
         pipeline = getattr(importlib.import_module(module_name), attribute)
         if not isinstance(pipeline, Pipeline):
             raise TypeError(f"{name} is a {type(pipeline).__name__}, not a launch.pipelines.Pipeline")
         return pipeline
+    if name not in PIPELINES:
+        discover_project_pipelines()
     if name not in PIPELINES:
         raise KeyError(f"Unknown pipeline {name!r}; registered: {sorted(PIPELINES)}")
     return PIPELINES[name]
@@ -107,68 +128,5 @@ register_pipeline(
                 eval_only=True,
             ),
         ),
-    )
-)
-
-# ------------------------------------------------------------------------------------------------------------
-# Step-wise long-tail learning (projects/LongTail): pre-train -> mine exemplars -> head expert -> unified model.
-# `python -m projects.LongTail.longtail.stages` runs the same stages locally and gathers the AP table.
-_LONGTAIL_CONFIGS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "projects", "LongTail", "configs"
-)
-
-
-def _longtail_pipeline(name: str, config_prefix: str, description: str) -> Pipeline:
-    prefix = os.path.join(_LONGTAIL_CONFIGS, config_prefix)
-    return Pipeline(
-        name,
-        description=description,
-        stages=(
-            Stage("stage1", f"{prefix}_stage1.py"),
-            Stage(
-                "mine",
-                f"{prefix}_mine.py",
-                inputs={"longtail.stage1_checkpoint": "{stage1.checkpoint}"},
-                eval_only=True,
-            ),
-            Stage(
-                "stage2",
-                f"{prefix}_stage2.py",
-                inputs={
-                    "longtail.stage1_checkpoint": "{stage1.checkpoint}",
-                    "longtail.mining_dir": "{mine.output_dir}",
-                },
-            ),
-            Stage(
-                "stage3",
-                f"{prefix}_stage3.py",
-                inputs={
-                    "longtail.head_expert_checkpoint": "{stage2.checkpoint}",
-                    "longtail.mining_dir": "{mine.output_dir}",
-                },
-            ),
-        ),
-    )
-
-
-register_pipeline(
-    _longtail_pipeline(
-        "longtail_synthetic",
-        "scaledet_tiny_synthetic",
-        "Step-wise long-tail learning, tiny ScaleDet R-CNN on the synthetic 'longtail' preset (CPU)",
-    )
-)
-register_pipeline(
-    _longtail_pipeline(
-        "longtail_lvis_v1",
-        "scaledet_R50_cascade_lvis_v1",
-        "Step-wise long-tail learning, ScaleDet R50-FPN Cascade R-CNN on LVIS v1",
-    )
-)
-register_pipeline(
-    _longtail_pipeline(
-        "longtail_detr_synthetic",
-        "deformable_detr_tiny_synthetic",
-        "Step-wise long-tail learning, tiny Deformable-DETR (the paper's detector) on the synthetic 'longtail' preset",
     )
 )

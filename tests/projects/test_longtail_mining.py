@@ -10,7 +10,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from launch.pipelines import get_pipeline
 from projects.LongTail.longtail import ExemplarMiningEvaluator, records_to_mine, register_replay_dataset
 from projects.LongTail.longtail.mining import mined_image_ids
+from projects.LongTail.longtail.pipelines import BASES, DATA, pipeline_name
 from projects.LongTail.longtail.stages import run_local, stage_inputs_missing, submit_slurm
+from unidet2.engine import load_config
 
 BOUNDS = {"rare_max_images": 1, "tail_max_images": 2, "common_max_images": 3}
 # annotation id -> (image id, category id); classes 1..4 in 4 / 3 / 2 / 1 images (frequent ... rare).
@@ -155,13 +157,13 @@ def test_mining_scores_resumes_and_writes_replay_sets(tiny_dataset):
 
 
 def test_stage_hand_over_is_checked_before_anything_runs(tmp_path, capsys):
-    pipeline = get_pipeline("longtail_synthetic")
+    pipeline = get_pipeline("longtail_rcnn_synthetic")
     assert [s.name for s in pipeline.stages] == ["stage1", "mine", "stage2", "stage3"]
     assert pipeline.stages[1].eval_only and pipeline.stages[2].inputs["longtail.mining_dir"] == "{mine.output_dir}"
     root = str(tmp_path / "runs")
     missing = stage_inputs_missing(pipeline, pipeline.stages[3], root)
     assert len(missing) == 2 and "run `make train-stage2`" in missing[0]
-    with pytest.raises(FileNotFoundError, match="Stage 'stage3' of longtail_synthetic cannot start: stage 'stage2'"):
+    with pytest.raises(FileNotFoundError, match="'stage3' of longtail_rcnn_synthetic cannot start: stage 'stage2'"):
         run_local(pipeline, "stage3", root)
     with pytest.raises(FileNotFoundError, match="needs stage 'stage1'.*make train-stage1 LAUNCHER=slurm"):
         submit_slurm(pipeline, "stage2", root, resources=None, dry_run=True)
@@ -169,7 +171,7 @@ def test_stage_hand_over_is_checked_before_anything_runs(tmp_path, capsys):
         run_local(pipeline, "stage1", root, extra_overrides=["stage9:train.max_iter=1"])
 
     # With stage 1 complete, `make train-stage2 LAUNCHER=slurm` submits mine and stage 2 only, chained.
-    stage1_dir = tmp_path / "runs" / "longtail_synthetic" / "stage1"
+    stage1_dir = tmp_path / "runs" / "longtail_rcnn_synthetic" / "stage1"
     stage1_dir.mkdir(parents=True)
     (stage1_dir / "STAGE_COMPLETE.json").write_text("{}")
     (stage1_dir / "model_final.pth").write_bytes(b"")
@@ -190,10 +192,9 @@ def test_stage_hand_over_is_checked_before_anything_runs(tmp_path, capsys):
     assert "afterok:<job of mine>" in printed
 
 
-@pytest.mark.parametrize("name", ["longtail_synthetic", "longtail_detr_synthetic", "longtail_lvis_v1"])
+@pytest.mark.parametrize("name", [pipeline_name(b, d) for b in BASES for d in DATA])
 def test_every_stage_config_loads_with_its_pipeline_inputs(name, tmp_path):
     from launch.pipeline import stage_overrides, stage_paths
-    from unidet2.engine import load_config
 
     pipeline = get_pipeline(name)
     paths = [stage_paths(str(tmp_path), pipeline, s) for s in pipeline.stages]
@@ -207,5 +208,25 @@ def test_every_stage_config_loads_with_its_pipeline_inputs(name, tmp_path):
             assert cfg.dataloader.train.replay_json.startswith(paths[1].output_dir)
         if stage.name == "stage3":
             assert cfg.model.teacher.checkpoint == paths[2].checkpoint == cfg.model.init_weights
-    baseline = load_config("projects/LongTail/configs/scaledet_tiny_synthetic_rfs_baseline.py")
-    assert baseline.dataloader.train.sampling == "repeat_factor" and baseline.train.max_iter == 3000 + 320 + 320
+        if stage.name != "mine":  # the schedule in epochs, as released for stages 2 and 3
+            assert cfg.dataloader.train.epochs == {"stage1": cfg.longtail.epochs.stage1, "stage2": 1, "stage3": 2}[
+                stage.name
+            ]
+        # LVIS protocol: 300 detections per image and (almost) no score threshold.
+        if stage.name != "mine":
+            assert cfg.dataloader.evaluator.max_dets_per_image == 300
+        if "detr" in name:
+            assert cfg.model.test_topk == 300 and cfg.model.criterion.weight_dict.cls == 3.0
+        else:
+            assert cfg.scaledet.test_topk_per_image == 300 and cfg.scaledet.test_score_thresh <= 1e-4
+    if "lvis_v05" in name:
+        assert cfg.longtail.dataset == "lvis_v0.5_train" and cfg.longtail.test_dataset == "lvis_v0.5_val"
+        if "detr" in name:
+            assert cfg.model.num_classes == cfg.model.teacher.model.num_classes == 1230
+
+
+def test_rfs_baselines_sample_by_repeat_factor():
+    for base in ("scaledet", "deformable_detr"):
+        baseline = load_config(f"projects/LongTail/configs/{base}_tiny_synthetic_rfs_baseline.py")
+        train = baseline.dataloader.train
+        assert train.sampling == "repeat_factor" and train.repeat_thresh == 0.001 and train.epochs == 10

@@ -1,9 +1,10 @@
 """Stage 1 with Deformable-DETR on the synthetic long-tailed set: the whole set, uniform sampling, all parameters.
-Schedule [I]: 3000 iterations of batch 4, AdamW 5e-4, x0.1 at 80 % (released 40 / 50 epochs)."""
+Schedule [I]: ``longtail.epochs.stage1`` = 10 epochs of batch 4, AdamW 5e-4, x0.1 at 80 % (released 40 / 50
+epochs)."""
 
-from .common.deformable_detr_tiny_synthetic import adamw, dataloader, longtail, model, step_schedule, train_settings
+from .common.deformable_detr_tiny_synthetic import dataloader, longtail, model, tiny_adamw, train_settings
+from .common.stages import epoch_schedule
 
-MAX_ITER = 3000
-optimizer = adamw(5e-4)
-lr_multiplier = step_schedule(MAX_ITER, drop_at=int(0.8 * MAX_ITER), warmup_iters=0)
-train = train_settings("./output/longtail_detr/stage1", MAX_ITER)
+max_iter, lr_multiplier = epoch_schedule(dataloader, "stage1", drops=[0.8])
+optimizer = tiny_adamw(5e-4)
+train = train_settings("./output/longtail_detr/stage1", max_iter)

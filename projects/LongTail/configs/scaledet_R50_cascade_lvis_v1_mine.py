@@ -1,6 +1,6 @@
 """Exemplar mining on LVIS v1 train with the stage-1 model (eval-only; see the synthetic variant and
 ``projects.LongTail.longtail.mining``). Memory per class as released (``split_lvis_annotation_v2.py``) for the
-tail-dominant set: 200 frequent, 200 common_30_100, 100 common_10_30, all rare; head-dominant [I, spec §3.4]:
+tail-dominant set: 200 frequent, 200 common_30_100, 100 common_10_30, all rare; head-dominant [I]:
 all head annotations, 100 per common_10_30 class, 10 per rare class.
 """
 

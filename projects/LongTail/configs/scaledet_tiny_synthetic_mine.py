@@ -10,7 +10,7 @@ Memory per class [I, scaled]: the tail-dominant set keeps 30 exemplars per frequ
 7 % of a frequent LVIS class's ~2.8k annotations; the synthetic frequent classes have 171-577), 200 per
 common_30_100 class (as released: that keeps all of them here as on LVIS), 100 per common_10_30 class, all
 rare annotations; the head-dominant set keeps all head annotations, 100 per common_10_30 class and 10 per rare
-class (spec §3.4 recommendation).
+class ([I], no released script).
 """
 
 from .common.scaledet_tiny_synthetic import dataloader, longtail, model, scaledet, test_mapper, train_settings

@@ -4,21 +4,13 @@
     python -m unidet2.data.synthetic --out datasets/synthetic_longtail --preset longtail
     python tools/train_net.py --config-file projects/LongTail/configs/scaledet_tiny_synthetic_stage1.py
 
-Schedule [I]: 3000 iterations of batch 4 (~9.4 epochs of the 1274 images; the paper's 50 epochs do not fit a
-CPU), SGD lr 0.02, x0.1 at 80 % (the released 40 / 50 epochs), 100 warm-up iterations.
+Schedule [I]: ``longtail.epochs.stage1`` = 10 epochs of the 1274 images at batch 4 (3185 iterations; the paper's
+50 epochs do not fit a CPU), SGD lr 0.02, x0.1 at 80 % (the released 40 / 50 epochs), 100 warm-up iterations.
 """
 
-from .common.scaledet_tiny_synthetic import (
-    dataloader,
-    longtail,
-    model,
-    scaledet,
-    sgd,
-    step_schedule,
-    train_settings,
-)
+from .common.scaledet_tiny_synthetic import dataloader, longtail, model, scaledet, sgd, train_settings
+from .common.stages import epoch_schedule
 
-MAX_ITER = 3000
+max_iter, lr_multiplier = epoch_schedule(dataloader, "stage1", drops=[0.8], warmup_iters=100)
 optimizer = sgd(0.02)
-lr_multiplier = step_schedule(MAX_ITER, drop_at=int(0.8 * MAX_ITER), warmup_iters=100)
-train = train_settings("./output/longtail/stage1", MAX_ITER)
+train = train_settings("./output/longtail/stage1", max_iter)

@@ -5,26 +5,16 @@ shared proposals (λ_cls 0.1 per box-head stage).
 
 Inputs: ``longtail.head_expert_checkpoint`` (teacher and, [I] as in the released ``main.py``, the student's
 initial weights) and ``longtail.mining_dir`` (``replay/tail_dominant.json``).
-Schedule [I]: 2 epochs of the replay set (released ``epochs_l1=2``, lr drop after the first), ~ 2 x 160
-iterations of batch 4 for its ~640 images; lr of stage 1 (released: 2e-4, the base lr).
+Schedule: 2 epochs of the replay set, repeats counted (released ``epochs_l1=2``, lr drop after the first);
+lr of stage 1 (released: 2e-4, the base lr).
 """
 
 from projects.LongTail.longtail import RCNN_TRAINABLE
 
-from .common.scaledet_tiny_synthetic import (
-    dataloader,
-    longtail,
-    model,
-    scaledet,
-    sgd,
-    step_schedule,
-    train_settings,
-)
-from .common.stages import unified_stage
+from .common.scaledet_tiny_synthetic import dataloader, longtail, model, scaledet, sgd, train_settings
+from .common.stages import epoch_schedule, unified_stage
 
 unified_stage(model, dataloader, RCNN_TRAINABLE)
-
-MAX_ITER = 320
+max_iter, lr_multiplier = epoch_schedule(dataloader, "stage3", drops=[0.5], warmup_iters=10)
 optimizer = sgd(0.02)
-lr_multiplier = step_schedule(MAX_ITER, drop_at=MAX_ITER // 2, warmup_iters=10)
-train = train_settings("./output/longtail/stage3", MAX_ITER)
+train = train_settings("./output/longtail/stage3", max_iter)

@@ -1,5 +1,6 @@
 """Step-wise long-tail learning: class groups, exemplar mining and replay sets, step-wise repeat-factor sampling,
-class-specific fine-tuning and knowledge transfer from a frozen head expert, on ScaleDet's R-CNN."""
+stage schedules in epochs, class-specific fine-tuning and knowledge transfer from a frozen head expert, on
+Deformable-DETR (the paper's detector) or ScaleDet's R-CNN. The pipelines are in :mod:`.pipelines`."""
 
 from .data import (
     STEPWISE_REPEAT,
@@ -8,7 +9,9 @@ from .data import (
     dataset_text_embeddings,
     ensure_datasets,
     head_class_ids,
+    images_per_epoch,
     register_replay_dataset,
+    stage_records_and_factors,
     stepwise_repeat_factors,
 )
 from .detr import LongTailDETR
@@ -34,6 +37,7 @@ from .groups import (
 )
 from .mining import ExemplarMiningEvaluator, match_confidences, records_to_mine, replay_json_path
 from .rcnn import LongTailRCNN, rcnn_mining_candidates
+from .schedule import epoch_iterations, step_lr_multiplier
 from .stage_model import StageModelMixin, load_frozen_teacher, load_weights
 
 __all__ = [
@@ -60,10 +64,12 @@ __all__ = [
     "dataset_class_groups",
     "dataset_text_embeddings",
     "ensure_datasets",
+    "epoch_iterations",
     "freeze_except",
     "head_class_box_mask",
     "head_class_ids",
     "head_class_kl_loss",
+    "images_per_epoch",
     "load_frozen_teacher",
     "load_weights",
     "masked_feature_distillation_loss",
@@ -75,5 +81,7 @@ __all__ = [
     "replay_counts",
     "replay_json_path",
     "select_exemplars",
+    "stage_records_and_factors",
+    "step_lr_multiplier",
     "stepwise_repeat_factors",
 ]

@@ -12,7 +12,7 @@ Everything a stage needs is reached from its config (so a SLURM job, which only 
   one dataset, sampled uniformly (stage 1), with the step-wise repeat factors of stage 2 or 3
   (:func:`stepwise_repeat_factors`), or with standard LVIS repeat-factor sampling (the baseline).
 
-Step-wise repeat-factor sampling (spec §6, released ``datasets/samplers.py``): per class c of the *current*
+Step-wise repeat-factor sampling (released ``datasets/samplers.py``): per class c of the *current*
 subset, f_c = (#images of the subset holding c) / (#images of the subset), r_c = max(1, (t / f_c) ** p) with
 (t, p) of c's group (r_c = 1 for a group without parameters), image factor r_i = ceil(max over its classes).
 
@@ -22,11 +22,14 @@ subset, f_c = (#images of the subset holding c) / (#images of the subset), r_c =
 | 3 (unified) | r = 1 | r = 1 | t 0.0015, p 1 | t 0.0015, p 1 |
 
 The released sampler repeats each image ceil(r_i) times per epoch and shuffles; unidet2's sampler draws images
-with probability proportional to r_i (the same expected frequencies, an infinite stream).
+with probability proportional to r_i (the same expected frequencies, an infinite stream). An epoch is
+therefore sum_i r_i images, as the released code counts it (:func:`images_per_epoch`;
+:mod:`.schedule` turns epochs into iterations).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -52,7 +55,9 @@ __all__ = [
     "dataset_text_embeddings",
     "ensure_datasets",
     "head_class_ids",
+    "images_per_epoch",
     "register_replay_dataset",
+    "stage_records_and_factors",
     "stepwise_repeat_factors",
 ]
 
@@ -77,6 +82,7 @@ STEPWISE_REPEAT: dict[str, dict[str, dict[str, float] | None]] = {
 }
 
 _REGISTERED_SYNTHETIC: dict[str, int] = {}
+_LAST_STAGE_DATA: dict[str, Any] = {}
 
 
 def ensure_datasets(synthetic_root: str | None = None) -> None:
@@ -258,6 +264,97 @@ def _repeat_summary(factors: np.ndarray, records: Sequence[Mapping], groups: Cla
     return "; ".join(parts)
 
 
+def _plain(value: Any) -> Any:
+    """Mappings (DictConfig included) and sequences as plain dicts / lists, for a cache key."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        return [_plain(v) for v in value]
+    return value
+
+
+def _check_sampling(sampling: str, group_repeat: Mapping[str, Any] | None) -> None:
+    methods = ("uniform", "stepwise", "repeat_factor")
+    if sampling not in methods:
+        raise ValueError(f"sampling must be one of {methods}, got {sampling!r}")
+    if sampling == "stepwise" and group_repeat is None:
+        raise ValueError("sampling='stepwise' needs group_repeat (e.g. STEPWISE_REPEAT['stage2'])")
+
+
+def stage_records_and_factors(
+    dataset_name: str,
+    *,
+    sampling: str = "uniform",
+    group_repeat: Mapping[str, Any] | None = None,
+    repeat_thresh: float = 0.001,
+    replay_json: str | None = None,
+    base_dataset: str | None = None,
+    synthetic_root: str | None = None,
+    group_boundaries: Mapping[str, int] | None = None,
+    threshold_reference_images: int | None = None,
+) -> tuple[list[dict], np.ndarray | None, ClassGroups, float]:
+    """The records a stage trains on and their repeat factors (arguments of :func:`build_longtail_train_loader`).
+
+    The last result is kept for one more call with the same arguments: the stage's schedule
+    (:mod:`.schedule`, when the config is loaded) and its loader (built later in the same process) then read a
+    large json such as LVIS's once.
+
+    Returns:
+        (records, factors (N,) or None for uniform sampling, class groups of the full set, threshold scale).
+    """
+    _check_sampling(sampling, group_repeat)
+    ensure_datasets(synthetic_root)
+    key = json.dumps(
+        [dataset_name, sampling, _plain(group_repeat), repeat_thresh, replay_json, base_dataset, synthetic_root,
+         _plain(group_boundaries), threshold_reference_images,
+         os.stat(replay_json).st_mtime_ns if replay_json and os.path.isfile(replay_json) else None],
+        sort_keys=True, default=str,
+    )
+    if _LAST_STAGE_DATA.get("key") == key:
+        value = _LAST_STAGE_DATA["value"]
+        _LAST_STAGE_DATA.clear()
+        return value
+    value = _stage_records_and_factors(
+        dataset_name, sampling, group_repeat, repeat_thresh, replay_json, base_dataset, synthetic_root,
+        group_boundaries, threshold_reference_images,
+    )
+    _LAST_STAGE_DATA.clear()
+    _LAST_STAGE_DATA.update(key=key, value=value)
+    return value
+
+
+def _stage_records_and_factors(
+    dataset_name, sampling, group_repeat, repeat_thresh, replay_json, base_dataset, synthetic_root, group_boundaries,
+    threshold_reference_images,
+):
+    base_dataset = base_dataset or dataset_name
+    if replay_json is not None:
+        if not os.path.isfile(replay_json):
+            raise FileNotFoundError(
+                f"Replay set '{replay_json}' for '{dataset_name}' is missing: run the mining stage first "
+                "(`make train-stage2` runs it; see projects/LongTail/README.md)."
+            )
+        register_replay_dataset(dataset_name, replay_json, base_dataset, synthetic_root=synthetic_root)
+    records = get_multi_dataset_dicts([dataset_name])
+    groups = dataset_class_groups(base_dataset, synthetic_root=synthetic_root, **dict(group_boundaries or {}))
+    scale = 1.0
+    if threshold_reference_images:
+        num_full = len(records) if base_dataset == dataset_name else len(DatasetCatalog.get(base_dataset))
+        scale = float(threshold_reference_images) / num_full
+    if sampling == "uniform":
+        return records, None, groups, scale
+    if sampling == "stepwise":
+        factors = stepwise_repeat_factors(records, groups, group_repeat, threshold_scale=scale)
+    else:
+        factors = repeat_factors_from_category_frequency(records, repeat_thresh * scale, power=0.5)
+    return records, np.asarray(factors, dtype=np.float64), groups, scale
+
+
+def images_per_epoch(records: Sequence[Mapping], factors: np.ndarray | None) -> float:
+    """Images in one epoch as the released samplers count it: every image r_i times (r_i = 1 uniformly)."""
+    return float(len(records)) if factors is None else float(np.sum(factors))
+
+
 def build_longtail_train_loader(
     dataset_name: str,
     mapper: Callable[[dict], dict | None],
@@ -271,6 +368,8 @@ def build_longtail_train_loader(
     synthetic_root: str | None = None,
     group_boundaries: Mapping[str, int] | None = None,
     threshold_reference_images: int | None = None,
+    epochs: float | None = None,
+    max_iter: int | None = None,
     seed: int | None = None,
     num_workers: int = 0,
     aspect_ratio_grouping: bool = True,
@@ -292,26 +391,21 @@ def build_longtail_train_loader(
             (LVIS v1: 100,170); when set, every t is multiplied by reference / #images of the full training set,
             so a scaled-down set gets the repeat factors LVIS gives a class with the same image count. None: t
             is used as is (real LVIS).
+        epochs, max_iter: the stage's schedule (``longtail.epochs.<stage>``, ``train.max_iter``), only logged
+            (with the images per epoch, repeats counted) so that each stage's log shows its iteration count.
         seed, num_workers, aspect_ratio_grouping: as in ``build_multi_dataset_train_loader``.
     """
-    ensure_datasets(synthetic_root)
-    base_dataset = base_dataset or dataset_name
-    if replay_json is not None:
-        if not os.path.isfile(replay_json):
-            raise FileNotFoundError(
-                f"Replay set '{replay_json}' for '{dataset_name}' is missing: run the mining stage first "
-                "(`make train-stage2` runs it; see projects/LongTail/README.md)."
-            )
-        register_replay_dataset(dataset_name, replay_json, base_dataset, synthetic_root=synthetic_root)
-    methods = ("uniform", "stepwise", "repeat_factor")
-    if sampling not in methods:
-        raise ValueError(f"sampling must be one of {methods}, got {sampling!r}")
-    records = get_multi_dataset_dicts([dataset_name])
-    groups = dataset_class_groups(base_dataset, synthetic_root=synthetic_root, **dict(group_boundaries or {}))
-    scale = 1.0
-    if threshold_reference_images:
-        num_full = len(records) if base_dataset == dataset_name else len(DatasetCatalog.get(base_dataset))
-        scale = float(threshold_reference_images) / num_full
+    records, factors, groups, scale = stage_records_and_factors(
+        dataset_name,
+        sampling=sampling,
+        group_repeat=group_repeat,
+        repeat_thresh=repeat_thresh,
+        replay_json=replay_json,
+        base_dataset=base_dataset,
+        synthetic_root=synthetic_root,
+        group_boundaries=group_boundaries,
+        threshold_reference_images=threshold_reference_images,
+    )
     loader = build_multi_dataset_train_loader(
         [dataset_name],
         mapper,
@@ -323,14 +417,15 @@ def build_longtail_train_loader(
         num_workers=num_workers,
         seed=seed,
     )
-    if sampling == "uniform":
+    per_epoch = images_per_epoch(records, factors)
+    if max_iter is not None:
+        planned = f"{epochs:g} epochs = " if epochs is not None else ""
+        logger.info(
+            "Schedule of %s: %s%d iterations of batch %d (%.0f images per epoch, repeats counted; %d images)",
+            dataset_name, planned, int(max_iter), total_batch_size, per_epoch, len(records),
+        )
+    if factors is None:
         return loader
-    if sampling == "stepwise":
-        if group_repeat is None:
-            raise ValueError("sampling='stepwise' needs group_repeat (e.g. STEPWISE_REPEAT['stage2'])")
-        factors = stepwise_repeat_factors(records, groups, group_repeat, threshold_scale=scale)
-    else:
-        factors = repeat_factors_from_category_frequency(records, repeat_thresh * scale, power=0.5)
     loader.sampler.set_repeat_factors(factors)
     logger.info(
         "%s sampling of %s (threshold scale %.4g): %s; expected images per epoch %.0f of %d",
@@ -338,8 +433,7 @@ def build_longtail_train_loader(
         dataset_name,
         scale,
         _repeat_summary(factors, records, groups),
-        float(np.sum(factors)),
+        per_epoch,
         len(records),
     )
     return loader
-

@@ -1,7 +1,7 @@
-"""The spec's own base detector: Deformable-DETR (``projects/CoDETR`` with ``aux_heads=[]``; Co-DETR's auxiliary
+"""The paper's base detector: Deformable-DETR (``projects/CoDETR`` with ``aux_heads=[]``; Co-DETR's auxiliary
 heads also work) with the step-wise long-tail stage options (:class:`.stage_model.StageModelMixin`) and
 
-* stage-3 knowledge transfer from the frozen head expert, as released (spec §5):
+* stage-3 knowledge transfer from the frozen head expert, as released (README: method notes):
 
   - *feature distillation* on the neck outputs (the 4 ``input_proj`` levels: 3 projections + the extra
     stride-2 level), masked to head-class ground-truth boxes;

@@ -1,4 +1,4 @@
-"""Knowledge transfer from the frozen head expert in stage 3 (spec §5), as pure tensor functions.
+"""Knowledge transfer from the frozen head expert in stage 3 (README: method notes), as pure tensor functions.
 
 * Feature distillation with a head-class mask: on each level k and image j,
 

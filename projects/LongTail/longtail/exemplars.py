@@ -1,4 +1,4 @@
-"""Confidence-guided exemplar selection and the two smooth-tail replay sets (spec §3).
+"""Confidence-guided exemplar selection and the two smooth-tail replay sets (README: method notes).
 
 Input: a *score dump*, one entry per training annotation, ``(annotation_id, image_id, class, confidence)``,
 where ``confidence`` is the max class probability of the prediction the stage-1 model matched to that
@@ -21,7 +21,7 @@ set are those of the full set.
 | memory per class | frequent | common_30_100 | common_10_30 | rare | source |
 |---|---|---|---|---|---|
 | tail-dominant D_tail | 200 | 200 | 100 | all | released ``split_lvis_annotation_v2.py`` |
-| head-dominant D_head | all | all | 100 | 10 | [I] no released script; spec §3.4 recommendation |
+| head-dominant D_head | all | all | 100 | 10 | [I] no released script: the mirror of D_tail |
 """
 
 from __future__ import annotations

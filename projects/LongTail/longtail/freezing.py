@@ -1,4 +1,4 @@
-"""Train only the class-specific modules in stages 2 and 3 (spec §4).
+"""Train only the class-specific modules in stages 2 and 3 (README: method notes).
 
 The released code (``main.py``, ``freeze_weight=True``) leaves trainable exactly the parameters whose name
 contains ``class_embed`` (the decoder's classification linears) or ``input_proj`` (the per-level 1x1 / 3x3
@@ -39,7 +39,7 @@ RCNN_TRAINABLE = (
     r"^roi_heads\.box_predictor\.(\d+\.)?cls_score\.",
     r"^backbone\.fpn_(lateral|output)\d+\.",
 )
-# spec §10.2: the flag that also unfreezes the box heads (not the released behaviour).
+# [I] the flag that also unfreezes the box heads (not the released behaviour).
 RCNN_BOX_HEAD_TRAINABLE = (r"^roi_heads\.box_head\.", r"^roi_heads\.box_predictor\.(\d+\.)?bbox_pred\.")
 # class_embed of every decoder layer, the two-stage proposal classifier (cloned with them in the released code), and
 # the neck (Deformable-DETR's input_proj).

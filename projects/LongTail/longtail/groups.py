@@ -1,4 +1,4 @@
-"""The four class groups of the smooth-tail split and the head / tail partition (spec §2).
+"""The four class groups of the smooth-tail split and the head / tail partition (README: method notes).
 
 Classes are grouped by n_c, the number of *training images* holding the class (LVIS's frequency definition):
 

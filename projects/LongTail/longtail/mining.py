@@ -1,4 +1,4 @@
-"""Exemplar mining with the stage-1 model (spec §3): per-annotation confidences, exemplars, replay sets.
+"""Exemplar mining with the stage-1 model (README: method notes): per-annotation confidences, exemplars, replay sets.
 
 Run as the evaluation of an eval-only job (the pipeline's ``mine`` stage): the "test set" is the training set,
 the model runs in mining mode (``output_candidates=True``: every final box / query with its class

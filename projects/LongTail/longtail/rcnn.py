@@ -1,6 +1,6 @@
 """The R-CNN base detector of the step-wise long-tail stages: ScaleDet's Cascade / Faster R-CNN plus
 
-* stage-3 knowledge transfer from a frozen head expert (``teacher``), the R-CNN reading of spec §5:
+* stage-3 knowledge transfer from a frozen head expert (``teacher``), the R-CNN reading of the released distillation:
 
   - *feature distillation* on the FPN outputs p2-p5 (the four ``input_proj`` levels of Deformable-DETR),
     masked to the ground-truth boxes of head classes;
@@ -135,8 +135,8 @@ class LongTailRCNN(StageModelMixin, ScaleDetRCNN):
             teacher: the frozen head expert (:func:`load_frozen_teacher`), same architecture; None = no
                 distillation (stages 1 and 2).
             head_classes: contiguous ids of the head classes (needed with a teacher).
-            feature_kd_weight: λ_feat (spec: 1); 0 disables feature distillation.
-            cls_kd_weight: λ_cls per cascade stage (spec: 0.1 per decoder layer); 0 disables it.
+            feature_kd_weight: λ_feat (released: 1); 0 disables feature distillation.
+            cls_kd_weight: λ_cls per cascade stage (released: 0.1 per decoder layer); 0 disables it.
             feature_kd_levels: backbone (FPN) outputs distilled.
             output_candidates: inference returns ``{"mining_candidates": {"boxes", "probs"}}`` per image.
             init_weights: checkpoint of the previous stage, loaded strictly when the model is built (so a stage

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections.abc import Sequence
 
 import torch
@@ -31,13 +32,22 @@ logger = logging.getLogger(__name__)
 def load_weights(model: nn.Module, checkpoint: str, *, what: str, hint: str = "") -> nn.Module:
     """Load ``checkpoint``'s ``model`` weights into ``model`` with strict key matching.
 
+    The file is read with ``torch.load(weights_only=True)``: tensors and plain containers only, no pickled code
+    (unidet2's checkpoints hold nothing else).
+
     Raises:
         FileNotFoundError: the checkpoint does not exist; the message says what it is and which stage writes it.
         RuntimeError: its keys or shapes do not match the model.
     """
     if not checkpoint or not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"{what} '{checkpoint}' not found{': ' + hint if hint else ''}.")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise RuntimeError(
+            f"{what} '{checkpoint}' holds objects other than tensors and plain containers; it is not loaded "
+            f"(pickle-safe loading only): {error}"
+        ) from error
     state = state.get("model", state)
     try:
         model.load_state_dict(state, strict=True)

@@ -1,11 +1,12 @@
 """Run the step-wise long-tail stages here (``--launcher local``) or on SLURM, and gather their LVIS results.
 
     python -m projects.LongTail.longtail.stages {stage1,stage2,stage3,all,table} \\
-        [--pipeline longtail_synthetic] [--launcher local|slurm] [--output-root output/pipelines] \\
+        [--pipeline longtail_detr_synthetic] [--launcher local|slurm] [--output-root output/pipelines] \\
         [--set KEY=VALUE | --set STAGE:KEY=VALUE ...] [--num-gpus N] [SLURM resource options of launch.submit]
 
-The stages are those of the registered pipeline (``launch/pipelines.py``: ``longtail_synthetic``,
-``longtail_lvis_v1``): ``stage1`` (pre-train), ``mine`` (exemplar mining, eval-only), ``stage2`` (head expert),
+The stages are those of the registered pipeline (:mod:`.pipelines`: ``longtail_<base>_<data>``, base ``detr`` or
+``rcnn``, data ``synthetic``, ``lvis_v1`` or ``lvis_v05``): ``stage1`` (pre-train), ``mine`` (exemplar mining,
+eval-only), ``stage2`` (head expert),
 ``stage3`` (unified model). ``stage2`` runs ``mine`` then ``stage2``. Stage S of pipeline P lives in
 ``<output-root>/P/S`` (the layout of ``python -m launch.pipeline``, so both launchers share runs), and is
 complete once ``STAGE_COMPLETE.json`` is there; the hand-over between stages is the pipeline's ``inputs``
@@ -40,6 +41,8 @@ from launch.pipeline import stage_paths as pipeline_stage_paths
 from launch.pipelines import Pipeline, Stage, get_pipeline
 from launch.submit import JobSpec, add_resource_arguments, spec_from_args
 from unidet2.engine.checkpoint import atomic_write_text
+
+from . import pipelines as _pipelines  # noqa: F401  (registers the long-tail pipelines)
 
 __all__ = ["STAGE_GROUPS", "gather_results", "main", "run_local", "stage_inputs_missing", "submit_slurm"]
 
@@ -103,16 +106,19 @@ def _with_overrides(pipeline: Pipeline, extra: Sequence[str]) -> Pipeline:
 
 
 def _prepare_stage(config: str, overrides: Sequence[str]) -> None:
-    """Check the stage's config and overrides; generate the synthetic ``longtail`` preset where the config names
-    a folder that has none yet."""
-    from unidet2.data.synthetic import MANIFEST_NAME, generate_synthetic
-    from unidet2.engine.config import load_config
+    """Generate the synthetic ``longtail`` preset where the config names a folder that has none yet, then check
+    the stage's config and overrides (loading it computes its schedule, which reads the training data)."""
+    from detectron2.config import LazyConfig
 
-    cfg = load_config(config, overrides)
-    root = cfg.get("longtail", {}).get("synthetic_root")
+    from unidet2.data.synthetic import MANIFEST_NAME, generate_synthetic
+    from unidet2.engine.config import apply_overrides, load_config
+
+    raw = apply_overrides(LazyConfig.load(config), overrides)  # train.* not resolved yet
+    root = raw.get("longtail", {}).get("synthetic_root")
     if root and not os.path.isfile(os.path.join(root, MANIFEST_NAME)):
         logger.info("Generating the synthetic 'longtail' preset in %s", root)
         generate_synthetic(root, seed=0, preset="longtail")
+    load_config(config, overrides)
 
 
 def run_local(
@@ -234,7 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("command", choices=[*STAGE_GROUPS, "all", "table"])
-    parser.add_argument("--pipeline", default="longtail_synthetic", help="registered pipeline (launch/pipelines.py)")
+    parser.add_argument(
+        "--pipeline", default="longtail_detr_synthetic",
+        help="registered pipeline longtail_<detr|rcnn>_<synthetic|lvis_v1|lvis_v05> (longtail/pipelines.py)",
+    )
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="[STAGE:]KEY=VALUE",

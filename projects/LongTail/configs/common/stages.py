@@ -1,6 +1,7 @@
 """The stage settings every base detector shares (ScaleDet R-CNN or Deformable-DETR, synthetic or LVIS): the
-stage-specific inputs of the model and of the training data. Each function edits the given ``model`` and
-``dataloader`` config nodes in place; schedules stay in the stage files."""
+stage-specific inputs of the model and of the training data, and the schedule in epochs. Each function edits the
+given ``model`` and ``dataloader`` config nodes in place; the number of epochs and the learning rates stay in the
+stage files (``longtail.epochs``)."""
 
 import copy
 
@@ -13,9 +14,11 @@ from projects.LongTail.longtail import (
     head_class_ids,
     load_frozen_teacher,
     records_to_mine,
+    step_lr_multiplier,
 )
+from projects.LongTail.longtail.schedule import RESOLVER
 
-# Head-dominant replay memory per class [I, spec §3.4]: all head annotations, 100 per common_10_30, 10 per rare.
+# Head-dominant replay memory per class [I]: all head annotations, 100 per common_10_30, 10 per rare.
 HEAD_DOMINANT_MEMORY = {"frequent": None, "common_30_100": None, "common_10_30": 100, "rare": 10}
 
 
@@ -80,3 +83,18 @@ def unified_stage(model, dataloader, trainable) -> None:
     model.init_weights_hint = "stage 3 starts from the head expert; run `make train-stage2` first"
     model.trainable_parameters = list(trainable)
     _replay_training(dataloader, "tail_dominant", "stage3")
+
+
+def epoch_schedule(dataloader, stage: str, *, drops=(), warmup_iters: int = 0):
+    """The stage's schedule in epochs: ``(train.max_iter, lr_multiplier)``.
+
+    ``train.max_iter`` is ``ceil(longtail.epochs.<stage> x images per epoch / batch)``, the images per epoch
+    counting the repeats of the stage's sampler as the released code does (``projects.LongTail.longtail
+    .schedule``); the loader logs the resulting count. The lr drops x0.1 at each fraction in ``drops`` of the
+    schedule (0.8 = the released 40 of 50 epochs). ``train.max_iter=N`` overrides it.
+    """
+    dataloader.train.epochs = f"${{longtail.epochs.{stage}}}"
+    dataloader.train.max_iter = "${train.max_iter}"
+    max_iter = f"${{{RESOLVER}:${{longtail.epochs.{stage}}},${{dataloader.train}}}}"
+    lr_multiplier = L(step_lr_multiplier)(max_iter="${train.max_iter}", drops=list(drops), warmup_iters=warmup_iters)
+    return max_iter, lr_multiplier
