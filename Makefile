@@ -33,7 +33,7 @@ help:
 	@echo "make gpu-check  every GPU path measured in <= 8 min on one GPU (GPU_CHECK_ARGS=--cpu-smoke: CPU smoke)"
 	@echo "make eval-coco|eval-lvis|eval-odinw CONFIG=<cfg.py> CKPT=<model.pth>  evaluate a checkpoint"
 	@echo "make eval-odinw-finetune CONFIG=.. CKPT=.. [ODINW_SETTINGS='full 1 3 5 10']  ODinW fine-tuning protocols"
-	@echo "make train-stage1|train-stage2|train-stage3|train-longtail [LAUNCHER=local|slurm]  step-wise long-tail stages"
+	@echo "make train-stage1|train-stage2|train-stage3|train-longtail [LAUNCHER=local|slurm] [LONGTAIL_BASE=detr|rcnn] [LONGTAIL_DATA=synthetic|lvis_v1|lvis_v05]  step-wise long-tail stages"
 
 install: $(STAMP)
 
@@ -97,10 +97,14 @@ clean-venv:
 # the head expert, stage 3 the unified model; each reads the previous stage's outputs under
 # $(OUTPUT)/pipelines/$(LONGTAIL_PIPELINE)/<stage> and refuses to start without them. LAUNCHER=local runs here,
 # LAUNCHER=slurm submits through launch/ with afterok chaining (SLURM options in LONGTAIL_ARGS, e.g.
-# LONGTAIL_ARGS="--partition gpu --gpus-per-node 8 --time 48:00"). LONGTAIL_PIPELINE=longtail_lvis_v1 for LVIS v1.
+# LONGTAIL_ARGS="--partition gpu --gpus-per-node 8 --time 48:00"). LONGTAIL_BASE selects the base detector
+# (detr: Deformable-DETR, the paper's; rcnn: ScaleDet's R-CNN), LONGTAIL_DATA the data (synthetic: the tiny CPU
+# preset; lvis_v1; lvis_v05); together they name the pipeline longtail_<base>_<data>.
 .PHONY: train-stage1 train-stage2 train-stage3 train-longtail
 LAUNCHER ?= local
-LONGTAIL_PIPELINE ?= longtail_synthetic
+LONGTAIL_BASE ?= detr
+LONGTAIL_DATA ?= synthetic
+LONGTAIL_PIPELINE ?= longtail_$(LONGTAIL_BASE)_$(LONGTAIL_DATA)
 LONGTAIL_ARGS ?=
 LONGTAIL_STAGES = $(PY) -m projects.LongTail.longtail.stages --pipeline $(LONGTAIL_PIPELINE) --launcher $(LAUNCHER) \
 	--output-root $(OUTPUT)/pipelines $(LONGTAIL_ARGS)
