@@ -29,6 +29,7 @@ dataloader.train = L(build_detection_train_loader)(
     dataset=L(get_detection_dataset_dicts)(names="synth_coco_train", filter_empty=False),
     mapper=L(MultiDatasetMapper)(
         is_train=True,
+        skip_bad_records=True,  # record policy (DATASETS.md); strict mode: False
         augmentations=[
             L(T.RandomFlip)(horizontal=True),
             L(T.ResizeShortestEdge)(short_edge_length=(112, 128, 144), max_size=192, sample_style="choice"),

@@ -45,6 +45,7 @@ dataloader.train = L(build_multi_dataset_train_loader)(
     dataset_names=TRAIN_DATASETS,
     mapper=L(MultiDatasetMapper)(
         is_train=True,
+        skip_bad_records=True,  # record policy (DATASETS.md); strict mode: False
         augmentations=L(build_lsj_augmentation)(image_size=1024, min_scale=0.1, max_scale=2.0),
         image_format="RGB",
         label_map=None,  # the classifier is the batch's own vocabulary: keep the dataset's contiguous ids

@@ -40,6 +40,7 @@ dataloader.train = L(build_multi_dataset_train_loader)(
     dataset_names=TRAIN_DATASETS,
     mapper=L(MultiDatasetMapper)(
         is_train=True,
+        skip_bad_records=True,  # record policy (DATASETS.md); strict mode: False
         augmentations=[
             L(T.ResizeShortestEdge)(
                 short_edge_length=(IMAGE_SIZE - 16, IMAGE_SIZE, IMAGE_SIZE + 16),

@@ -69,6 +69,7 @@ dataloader.train = L(build_multi_dataset_train_loader)(
     dataset_names=TRAIN_DATASETS,
     mapper=L(MultiDatasetMapper)(
         is_train=True,
+        skip_bad_records=True,  # record policy (DATASETS.md); strict mode: False
         augmentations=L(build_resize_augmentation)(min_size=(112, 128, 144), max_size=192),
         image_format="BGR",
         label_map=L(UnifiedLabelSpace.load_json)(path="${scaledet.label_space_file}"),

@@ -60,6 +60,7 @@ model.trainable_parameters = None
 
 train_mapper = L(MultiDatasetMapper)(
     is_train=True,
+    skip_bad_records=True,  # record policy (DATASETS.md); strict mode: False
     augmentations=L(build_resize_augmentation)(min_size=(640, 672, 704, 736, 768, 800), max_size=1333),
     image_format="BGR",
 )

@@ -89,6 +89,7 @@ model.trainable_parameters = None
 # ---------------------------------------------------------------------------------------------- data
 train_mapper = L(MultiDatasetMapper)(
     is_train=True,
+    skip_bad_records=True,  # record policy (DATASETS.md); strict mode: False
     augmentations=L(build_resize_augmentation)(min_size=(144, 160, 176), max_size=240),
     image_format="BGR",
 )

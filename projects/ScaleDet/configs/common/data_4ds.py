@@ -39,6 +39,7 @@ dataloader.train = L(build_multi_dataset_train_loader)(
     dataset_names=UPSTREAM_TRAIN,
     mapper=L(MultiDatasetMapper)(
         is_train=True,
+        skip_bad_records=True,  # record policy (DATASETS.md); strict mode: False
         augmentations=L(build_lsj_augmentation)(image_size=640, min_scale=0.1, max_scale=2.0),
         image_format="BGR",
         label_map=L(UnifiedLabelSpace.load_json)(path="${label_space.file}"),
