@@ -164,14 +164,19 @@ class TextEncoder(abc.ABC):
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         """(len(texts), D) raw embeddings."""
 
-    def encode(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """Encode texts. Returns (N, D) float32 with L2-normalised rows."""
+    def encode(self, texts: Sequence[str], batch_size: int = 256, progress: bool = True) -> np.ndarray:
+        """Encode texts. Returns (N, D) float32 with L2-normalised rows.
+
+        A progress bar (stderr) is shown when there is more than one batch and ``progress`` is true.
+        """
+        from tqdm import tqdm
+
         if not texts:
             raise ValueError("nothing to encode: empty list of texts")
-        chunks = [
-            np.asarray(self._encode_batch(list(texts[i : i + batch_size])), dtype=np.float32)
-            for i in range(0, len(texts), batch_size)
-        ]
+        starts = range(0, len(texts), batch_size)
+        bar = tqdm(starts, desc=f"encoding {len(texts)} texts ({self.encoder_name})", unit="batch",
+                   disable=not progress or len(starts) < 2, dynamic_ncols=True)
+        chunks = [np.asarray(self._encode_batch(list(texts[i : i + batch_size])), dtype=np.float32) for i in bar]
         return _l2_normalize(np.concatenate(chunks, axis=0), what=f"{self.encoder_name} embeddings")
 
 

@@ -40,8 +40,10 @@ from detectron2.utils import comm
 from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
+from unidet2.evaluation import has_test_sets
+
 from .checkpoint import Checkpointer, PeriodicCheckpointer
-from .evaluation import do_test, has_test_sets
+from .evaluation import do_test
 from .preemption import PreemptionHook, PreemptionRequest
 from .state import (
     capture_rng_state,
