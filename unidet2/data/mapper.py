@@ -465,7 +465,7 @@ class MultiDatasetMapper:
         for k in np.flatnonzero(~keep):
             k = int(k)
             if local_ids[k] == -1:  # the loaders' UNKNOWN_CATEGORY_ID
-                detail = f"{what} is not among the categories of dataset {record.get('dataset_name')!r}'s file"
+                detail = f"{what} is not among the categories of the file of dataset {record.get('dataset_name')!r}"
             else:
                 detail = f"{what} {int(local_ids[k])} is not in the label map of dataset {record.get('dataset_name')!r}"
             self._drop_instance(
