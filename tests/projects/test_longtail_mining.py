@@ -230,3 +230,20 @@ def test_rfs_baselines_sample_by_repeat_factor():
         baseline = load_config(f"projects/LongTail/configs/{base}_tiny_synthetic_rfs_baseline.py")
         train = baseline.dataloader.train
         assert train.sampling == "repeat_factor" and train.repeat_thresh == 0.001 and train.epochs == 10
+
+
+def test_the_launcher_finds_the_project_pipelines_by_name_without_naming_the_method():
+    import pathlib
+    import subprocess
+    import sys
+
+    launch_dir = pathlib.Path(__file__).resolve().parents[2] / "launch"
+    for source in launch_dir.glob("*.py"):
+        assert "LongTail" not in source.read_text() and "longtail" not in source.read_text(), source
+    script = (
+        "import launch.pipelines as p\n"
+        "assert not any(n.startswith('longtail') for n in p.PIPELINES), sorted(p.PIPELINES)\n"
+        "print(p.get_pipeline('longtail_detr_lvis_v05').stages[-1].config)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    assert out.strip().endswith("projects/LongTail/configs/deformable_detr_r50_lvis_v05_stage3.py")
