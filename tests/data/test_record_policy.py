@@ -96,6 +96,17 @@ def test_training_on_bad_data_completes_and_reports_the_four_counts(tmp_path):
     assert all(final["counts"][name][r] >= saved["counts"][name][r] for r in EXPECTED_REASONS)
 
 
+def test_detectron2_train_loader_drops_are_counted_by_the_trainer(tmp_path):
+    config, name, output = write_tiny_config(tmp_path, detectron2_loader=True)
+    assert run_main(config, ["train.max_iter=6"])["last_iteration"] == 5
+    last = json.loads((output / "metrics.json").read_text().splitlines()[-1])
+    assert all(last.get(f"bad_data/{name}/{reason}", 0) >= 1 for reason in EXPECTED_REASONS), last
+    saved = torch.load(output / "model_final.pth", weights_only=False)["trainer"]["record_problems"]
+    assert saved["counts"][name] == {
+        r: int(last[f"bad_data/{name}/{r}"]) for r in EXPECTED_REASONS
+    }
+
+
 def test_strict_mode_and_the_limit_stop_training(tmp_path):
     config, name, _ = write_tiny_config(tmp_path)
     with pytest.raises(BadRecordError, match=r"file_name=.*dataset '" + name):

@@ -102,22 +102,24 @@ class TinyBoxCounter(nn.Module):
 CONFIG = """
 import torch
 from detectron2.config import LazyCall as L
+from detectron2.data import build_detection_train_loader
 from detectron2.solver import get_default_optimizer_params
 
 from tiny_coco import TinyBoxCounter, register_tiny_coco
-from unidet2.data.build import build_multi_dataset_train_loader
+from unidet2.data.build import build_multi_dataset_train_loader, get_multi_dataset_dicts
 from unidet2.data.label_space import UnifiedLabelSpace
 from unidet2.data.mapper import MultiDatasetMapper
 from unidet2.engine.config import get_train_defaults
 
 model = L(TinyBoxCounter)(num_classes=3)
 dataset_registration = {{"tiny": L(register_tiny_coco)(name="{name}", root="{root}", bad={bad})}}
+mapper = L(MultiDatasetMapper)(
+    is_train=True, augmentations=[], image_format="BGR", skip_bad_records=True, label_map={label_map}
+)
 dataloader = {{
     "train": L(build_multi_dataset_train_loader)(
         dataset_names=["{name}"],
-        mapper=L(MultiDatasetMapper)(
-            is_train=True, augmentations=[], image_format="BGR", skip_bad_records=True, label_map={label_map}
-        ),
+        mapper=mapper,
         ratios=[1.0],
         total_batch_size=3,
         num_workers=1,
@@ -127,6 +129,14 @@ dataloader = {{
     ),
     "test": [],
 }}
+if {detectron2_loader}:  # detectron2's own training loader over the same mapper
+    dataloader["train"] = L(build_detection_train_loader)(
+        # (detectron2's get_detection_dataset_dicts asserts on the unknown category id -1 in its histogram)
+        dataset=L(get_multi_dataset_dicts)(names=["{name}"]),
+        mapper=mapper,
+        total_batch_size=3,
+        num_workers=1,
+    )
 labels = {{"embeddings_file": "{embeddings}"}}
 optimizer = L(torch.optim.SGD)(params=L(get_default_optimizer_params)(), lr=0.01)
 train = get_train_defaults()
@@ -137,11 +147,12 @@ train.update(output_dir="{output}", max_iter=10, device="cpu", seed=0, log_perio
 
 def write_tiny_config(
     directory: Path, *, bad: bool = True, label_space_file: str | None = None, embeddings_file: str = "",
-    max_bad_fraction: float = 0.9,
+    max_bad_fraction: float = 0.9, detectron2_loader: bool = False,
 ) -> tuple[str, str, Path]:  # fmt: skip
     """A LazyConfig training TinyBoxCounter on a fresh tiny set under ``directory``: (config path, dataset name,
     output dir). ``label_space_file`` adds a UnifiedLabelSpace label map, ``embeddings_file`` a
-    ``labels.embeddings_file`` key (what the data check compares with the label space)."""
+    ``labels.embeddings_file`` key (what the data check compares with the label space); ``detectron2_loader``
+    trains with detectron2's ``build_detection_train_loader`` instead of unidet2's multi-dataset loader."""
     name = f"tiny_{'bad' if bad else 'clean'}_coco_{uuid.uuid4().hex[:8]}"
     output = directory / "output"
     label_map = "None" if label_space_file is None else f'L(UnifiedLabelSpace.load_json)(path="{label_space_file}")'
@@ -149,6 +160,7 @@ def write_tiny_config(
     config = directory / f"{name}.py"
     config.write_text(
         CONFIG.format(name=name, root=directory / "data", bad=bad, output=output, label_map=label_map,
-                      embeddings=embeddings_file, max_bad_fraction=max_bad_fraction)  # fmt: skip
+                      embeddings=embeddings_file, max_bad_fraction=max_bad_fraction,
+                      detectron2_loader=detectron2_loader)  # fmt: skip
     )
     return str(config), name, output

@@ -40,6 +40,7 @@ from detectron2.utils import comm
 from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
+from unidet2.data.record_policy import RecordProblemStats
 from unidet2.evaluation import has_test_sets
 
 from .checkpoint import Checkpointer, PeriodicCheckpointer
@@ -114,6 +115,9 @@ class Trainer(TrainerBase):
         self.preemption = preemption
         self.stop_requested = False
         self.samples_per_dataset: Counter[str] = Counter()
+        # Counts bad data for loaders that do not themselves (e.g. detectron2's build_detection_train_loader);
+        # unidet2's multi-dataset loader counts in its own state, restored with its position.
+        self.fallback_record_problems = RecordProblemStats()
 
         self.data_loader: Iterable | None = None
         self._data_iter: Iterator | None = None
@@ -166,6 +170,7 @@ class Trainer(TrainerBase):
         if self.grad_scaler is not None:
             state["grad_scaler"] = self.grad_scaler.state_dict()
         state["samples_per_dataset"] = dict(self.samples_per_dataset)
+        state["record_problems"] = self.fallback_record_problems.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -174,6 +179,8 @@ class Trainer(TrainerBase):
         if self.grad_scaler is not None and "grad_scaler" in state:
             self.grad_scaler.load_state_dict(state["grad_scaler"])
         self.samples_per_dataset = Counter(state.get("samples_per_dataset", {}))
+        if "record_problems" in state:
+            self.fallback_record_problems.load_state_dict(state["record_problems"])
 
     # ------------------------------------------------------------------ loop
     def before_train(self) -> None:
@@ -191,6 +198,8 @@ class Trainer(TrainerBase):
         start = time.perf_counter()
         batch = next(self._data_iter)
         data_time = time.perf_counter() - start
+        if getattr(self.data_loader, "record_problems", None) is None and isinstance(batch, list):
+            self.fallback_record_problems.observe_batch(batch)
 
         with torch.autocast(device_type=self.device_type, dtype=self.amp_dtype, enabled=self.amp_enabled):
             loss_dict = self.model(batch)
@@ -253,8 +262,8 @@ class Trainer(TrainerBase):
             self._write_metrics(gathered)
 
     def _record_problems_summary(self) -> dict[str, Any] | None:
-        stats = getattr(self.data_loader, "record_problems", None)
-        return stats.summary() if stats is not None and hasattr(stats, "summary") else None
+        stats = getattr(self.data_loader, "record_problems", None) or self.fallback_record_problems
+        return stats.summary()
 
     def _write_record_problems(self, gathered: list[dict[str, Any]]) -> None:
         counts, seen, bad = Counter(), Counter(), Counter()
