@@ -32,9 +32,9 @@ def test_check_reports_the_problems_training_drops_and_fails(tmp_path, capsys):
     for reason, annotation_id in BAD_ANNOTATION_IDS.items():
         assert f"(id {annotation_id})" in dataset["examples"][reason][0]
     assert "004.jpg" in dataset["examples"]["corrupt_file"][0]
-    # class histogram: 6 first annotations (classes 1/2 alternate) + 4 usable second ones; one unknown
+    # class histogram: 6 first annotations (classes 1/2 alternate) + 5 second ones (the unknown one set aside)
     histogram = dataset["class_histogram"]
-    assert histogram["instances"] == {"green thing": 5, "blue thing": 3, "red thing": 3, "(unknown category)": 1}
+    assert histogram["instances"] == {"green thing": 5, "blue thing": 3, "red thing": 3}
     assert histogram["classes_without_instances"] == []
     sampling = report["sampling"][name]
     assert sampling["share"] == 1.0 and sampling["images_per_epoch"] == 6.0

@@ -280,7 +280,7 @@ def test_coco_2017_instances(root):
     assert meta.json_file == str(root / "coco/annotations/instances_val2017.json")
 
 
-def test_coco_unknown_category_is_kept_as_minus_one_with_a_warning(root, caplog):
+def test_coco_unknown_category_is_set_aside_with_a_warning(root, caplog):
     content = _coco_instances_json([{"id": c["id"], "name": c["name"]} for c in COCO_THINGS])
     content["annotations"][1]["category_id"] = 12  # a gap in COCO's ids
     json_file = root / "coco/annotations/instances_val2017.json"
@@ -289,9 +289,10 @@ def test_coco_unknown_category_is_kept_as_minus_one_with_a_warning(root, caplog)
     with caplog.at_level(logging.WARNING, logger="unidet2.data.datasets.common"):
         records = DatasetCatalog.get("coco_2017_val")
     # the record and its other annotations stay; the training mapper drops this one as unknown_category
-    (annotation,) = [a for r in records for a in r["annotations"] if a["id"] == 102]
-    assert annotation["category_id"] == -1
-    assert sum(len(r["annotations"]) for r in records) == 3
+    (record,) = [r for r in records if r.get("unknown_category_annotations")]
+    assert [(a["id"], a["category_id"]) for a in record["unknown_category_annotations"]] == [(102, 12)]
+    assert all(a["id"] != 102 for r in records for a in r["annotations"])
+    assert sum(len(r["annotations"]) for r in records) == 2
     (message,) = [r.getMessage() for r in caplog.records if "not among" in r.getMessage()]
     assert str(json_file) in message and "annotation id 102" in message and "category_id 12" in message
 
@@ -459,7 +460,8 @@ def test_coco_panoptic_unknown_category(root, caplog):
     )
     with caplog.at_level(logging.WARNING, logger="unidet2.data.datasets.common"):
         (record,) = DatasetCatalog.get("coco_2017_val_panoptic")
-    assert record["segments_info"][0]["category_id"] == -1
+    assert record["segments_info"] == []  # its pixels are void in training
+    assert [(s["id"], s["category_id"]) for s in record["unknown_category_annotations"]] == [(77, 12)]
     assert any(re.search(r"panoptic_val2017.json.*segment id 77", r.getMessage()) for r in caplog.records)
 
 

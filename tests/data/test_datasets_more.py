@@ -169,7 +169,8 @@ def test_openimages_challenge_csv_with_header_and_unknown_label(root, caplog):
     write_text(annotations / "challenge-2019-validation-detection-bbox.csv", boxes + "aaa111,x,/m/zzz,1,0,1,0,1,0\n")
     with caplog.at_level(logging.WARNING, logger="unidet2.data.datasets.common"):
         (record,) = DatasetCatalog.get("openimages_challenge2019_val_csv")
-    assert [a["category_id"] for a in record["annotations"]] == [0, -1]  # dropped in training
+    assert [a["category_id"] for a in record["annotations"]] == [0]
+    assert [a["category_id"] for a in record["unknown_category_annotations"]] == ["/m/zzz"]  # dropped in training
     assert any(re.search(r"detection-bbox.csv': 1 box.*line 3.*/m/zzz", r.getMessage()) for r in caplog.records)
 
 

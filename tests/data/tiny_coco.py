@@ -102,11 +102,11 @@ class TinyBoxCounter(nn.Module):
 CONFIG = """
 import torch
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_train_loader
+from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.solver import get_default_optimizer_params
 
 from tiny_coco import TinyBoxCounter, register_tiny_coco
-from unidet2.data.build import build_multi_dataset_train_loader, get_multi_dataset_dicts
+from unidet2.data.build import build_multi_dataset_train_loader
 from unidet2.data.label_space import UnifiedLabelSpace
 from unidet2.data.mapper import MultiDatasetMapper
 from unidet2.engine.config import get_train_defaults
@@ -131,8 +131,7 @@ dataloader = {{
 }}
 if {detectron2_loader}:  # detectron2's own training loader over the same mapper
     dataloader["train"] = L(build_detection_train_loader)(
-        # (detectron2's get_detection_dataset_dicts asserts on the unknown category id -1 in its histogram)
-        dataset=L(get_multi_dataset_dicts)(names=["{name}"]),
+        dataset=L(get_detection_dataset_dicts)(names=["{name}"], filter_empty=False),
         mapper=mapper,
         total_batch_size=3,
         num_workers=1,

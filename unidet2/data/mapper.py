@@ -40,7 +40,7 @@ from detectron2.structures import BitMasks, Boxes, BoxMode, Instances
 from fvcore.transforms.transform import PadTransform, Transform
 from PIL import Image, UnidentifiedImageError
 
-from .record_policy import INSTANCE_REASONS, PROBLEMS_KEY, RECORD_REASONS
+from .record_policy import INSTANCE_REASONS, PROBLEMS_KEY, RECORD_REASONS, UNKNOWN_CATEGORY_KEY
 
 __all__ = [
     "BAD_RECORD_REASONS",
@@ -464,10 +464,7 @@ class MultiDatasetMapper:
         keep = unified >= 0
         for k in np.flatnonzero(~keep):
             k = int(k)
-            if local_ids[k] == -1:  # the loaders' UNKNOWN_CATEGORY_ID
-                detail = f"{what} is not among the categories of the file of dataset {record.get('dataset_name')!r}"
-            else:
-                detail = f"{what} {int(local_ids[k])} is not in the label map of dataset {record.get('dataset_name')!r}"
+            detail = f"{what} {int(local_ids[k])} is not in the label map of dataset {record.get('dataset_name')!r}"
             self._drop_instance(
                 self._error(
                     record,
@@ -479,6 +476,17 @@ class MultiDatasetMapper:
                 record.get("dataset_name"),
             )
         return unified, keep
+
+    def _report_unknown_categories(self, record: Mapping) -> None:
+        """Annotations the loader set aside because their file does not list their category: dropped instances."""
+        dataset_name = record.get("dataset_name")
+        for entry in record.get(UNKNOWN_CATEGORY_KEY, ()):
+            detail = (
+                f"category_id {entry.get('category_id')!r} is not among the categories of the file of dataset "
+                f"{dataset_name!r}"
+            )
+            error = self._error(record, "unknown_category", detail, annotation_id=entry.get("id"))
+            self._drop_instance(error, dataset_name)
 
     def _read_file(self, record, path: str | None, what: str, reader):
         if not path:
@@ -527,7 +535,7 @@ class MultiDatasetMapper:
         self._check_size(record, image, "image")
         height, width = image.shape[:2]
 
-        out = {k: v for k, v in record.items() if k not in ("annotations", "segments_info")}
+        out = {k: v for k, v in record.items() if k not in ("annotations", "segments_info", UNKNOWN_CATEGORY_KEY)}
         out["height"], out["width"] = height, width
         out["dataset_source"] = int(record.get("dataset_source", 0))
         out["task"] = task
@@ -589,6 +597,7 @@ class MultiDatasetMapper:
         annotations = record.get("annotations")
         if annotations is None:
             raise self._error(record, "malformed_record", f"{task} record has no 'annotations' list")
+        self._report_unknown_categories(record)
         dataset_name = record.get("dataset_name")
         indices = [k for k, ann in enumerate(annotations) if not ann.get("iscrowd", 0)]
         ids = [annotations[k].get("id") for k in indices]
@@ -816,6 +825,7 @@ class MultiDatasetMapper:
     def _checked_segments(self, record, segments, label_map):
         """The usable non-crowd segments of a panoptic record: (segments, unified classes int64 (N,), isthing bool
         (N,)). A segment without id/isthing or of an unknown category is dropped (its pixels become void)."""
+        self._report_unknown_categories(record)
         indices = []
         for k, seg in enumerate(segments):
             if seg.get("iscrowd", 0):

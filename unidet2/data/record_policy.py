@@ -36,12 +36,16 @@ __all__ = [
     "RECORD_REASONS",
     "RecordProblemStats",
     "TooManyBadRecordsError",
+    "UNKNOWN_CATEGORY_KEY",
     "format_problem_table",
 ]
 
 logger = logging.getLogger(__name__)
 
 PROBLEMS_KEY = "record_problems"
+# Record key under which the dataset loaders set aside annotations of a category their file does not list
+# (unidet2.data.datasets.common); the mapper reports each as an "unknown_category" instance.
+UNKNOWN_CATEGORY_KEY = "unknown_category_annotations"
 
 # A problem of one of these drops the record (image): there is nothing to train on.
 RECORD_REASONS = (

@@ -52,7 +52,6 @@ def record_category_ids(record: Mapping) -> set[int]:
     """
     ids = {int(ann["category_id"]) for ann in record.get("annotations", ()) if "category_id" in ann}
     ids.update(int(seg["category_id"]) for seg in record.get("segments_info", ()) if "category_id" in seg)
-    ids.discard(-1)  # an unknown category (the loaders' UNKNOWN_CATEGORY_ID), dropped in training
     return ids
 
 

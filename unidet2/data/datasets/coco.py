@@ -1,6 +1,6 @@
 """COCO-format datasets: any COCO json (:func:`register_dataset`), COCO 2017 instances and panoptic,
 Objects365 v2. Instances are parsed by detectron2's ``load_coco_json``; unidet2 adds the contiguous-id
-mapping (an unknown category id keeps its annotation with category_id -1 and a warning naming the file and
+mapping (an annotation of an unknown category id is set aside in the record with a warning naming the file and
 annotation; the training mapper drops it), and the record tags.
 """
 
@@ -17,7 +17,6 @@ from detectron2.data.datasets import load_coco_json
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
 from .common import (
-    UNKNOWN_CATEGORY_ID,
     category_names,
     contiguous_id_map,
     read_json_categories,
@@ -25,6 +24,7 @@ from .common import (
     require_dir,
     require_file,
     resolve_path,
+    set_aside_unknown_categories,
     warn_unknown_categories,
 )
 
@@ -133,7 +133,8 @@ def load_coco_instances(
     Raises:
         FileNotFoundError: json or image folder missing.
         ValueError: class-list mismatch. (An annotation whose category id is not among the json's categories
-            is kept with category_id -1 and a warning: the training mapper drops it as "unknown_category".)
+            is set aside under the record's ``unknown_category_annotations`` with a warning; the training mapper drops it
+            as "unknown_category".)
     """
     require_file(json_file, layout)
     require_dir(image_root, layout)
@@ -149,11 +150,9 @@ def load_coco_instances(
         if file_name_fn is not None:
             relative = os.path.relpath(record["file_name"], image_root)
             record["file_name"] = file_name_fn(image_root, relative)
-        for annotation in record["annotations"]:
-            category_id = annotation["category_id"]
-            if category_id not in id_map:
-                unknown.append((annotation.get("id"), record["image_id"], category_id))
-            annotation["category_id"] = id_map.get(category_id, UNKNOWN_CATEGORY_ID)
+        record["annotations"] = set_aside_unknown_categories(
+            record, record["annotations"], id_map, "category_id", unknown
+        )
     warn_unknown_categories(json_file, unknown)
     return records
 
@@ -187,8 +186,8 @@ def load_panoptic_json(
     Raises:
         FileNotFoundError: json / folders missing, or the first record's image or PNG missing.
         ValueError: the categories differ from ``expected_categories`` (compared by id, name and isthing).
-            A segment whose category id is not among the json's categories is kept with category_id -1 and
-            a warning (the training mapper drops it as "unknown_category").
+            A segment whose category id is not among the json's categories is set aside under the record's
+            ``unknown_category_annotations`` with a warning (the training mapper drops it as "unknown_category").
     """
     require_file(json_file, layout)
     require_dir(image_root, layout)
@@ -234,22 +233,19 @@ def load_panoptic_json(
             record["sem_seg_file_name"] = sem_seg_path_fn(annotation)
         elif sem_seg_root is not None:
             record["sem_seg_file_name"] = os.path.join(sem_seg_root, stem + ".png")
-        segments = []
-        for segment in annotation["segments_info"]:
-            category_id = segment["category_id"]
-            if category_id not in id_map:
-                unknown.append((segment.get("id"), image_id, category_id))
-            segments.append(
-                {
-                    "id": segment["id"],
-                    "category_id": id_map.get(category_id, UNKNOWN_CATEGORY_ID),
-                    "iscrowd": segment.get("iscrowd", 0),
-                    "area": segment.get("area"),
-                    "bbox": segment.get("bbox"),
-                    "isthing": is_thing.get(category_id, False),
-                }
-            )
-        record["segments_info"] = segments
+        segments = [
+            {
+                "id": segment["id"],
+                "category_id": segment["category_id"],
+                "iscrowd": segment.get("iscrowd", 0),
+                "area": segment.get("area"),
+                "bbox": segment.get("bbox"),
+                "isthing": is_thing.get(segment["category_id"], False),
+            }
+            for segment in annotation["segments_info"]
+        ]
+        # a segment of an unknown category is set aside: its pixels are void in training
+        record["segments_info"] = set_aside_unknown_categories(record, segments, id_map, "category_id", unknown)
         records.append(record)
     warn_unknown_categories(json_file, unknown, "segment")
     if records:

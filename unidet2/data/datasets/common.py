@@ -18,6 +18,8 @@ from typing import Any
 
 from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 
+from ..record_policy import UNKNOWN_CATEGORY_KEY
+
 logger = logging.getLogger(__name__)
 
 DATASETS_ROOT_ENV = "UNIDET2_DATASETS"
@@ -28,7 +30,8 @@ __all__ = [
     "DATASETS_ROOT_ENV",
     "DEFAULT_DATASETS_ROOT",
     "TASKS",
-    "UNKNOWN_CATEGORY_ID",
+    "UNKNOWN_CATEGORY_KEY",
+    "set_aside_unknown_categories",
     "warn_unknown_categories",
     "DatasetLoader",
     "LazyMetadata",
@@ -298,10 +301,28 @@ def category_names(categories: Iterable[Mapping[str, Any]]) -> list[str]:
     return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
 
 
-# Category id of an annotation whose json category id is not among the json's categories. The loaders keep
-# such an annotation (so that the record, its image and its other annotations stay); the training mapper drops
-# it as "unknown_category" and counts it (unidet2.data.record_policy), and the data check lists it.
-UNKNOWN_CATEGORY_ID = -1
+# Record key of the annotations (or panoptic segments) whose category id is not among their file's categories.
+# The loaders set them aside there, so that the record, its image and its other annotations stay usable, and
+# nothing downstream (detectron2's class histogram, samplers, evaluators) sees an invalid id; the training
+# mapper reports each as a dropped "unknown_category" instance (unidet2.data.record_policy) and the data check
+# lists them. Each entry keeps the annotation's fields, its "category_id" being the file's (unknown) id.
+
+
+def set_aside_unknown_categories(
+    record: dict, entries: list[dict], id_map: Mapping[Any, int], key: str, unknown: list[tuple[Any, Any, Any]]
+) -> list[dict]:
+    """``entries`` whose ``category_id`` is in ``id_map``, mapped to contiguous ids; the others go to
+    ``record[UNKNOWN_CATEGORY_KEY]`` and to ``unknown`` as (entry id, image id, category id)."""
+    kept = []
+    for entry in entries:
+        category_id = entry[key]
+        if category_id in id_map:
+            entry[key] = id_map[category_id]
+            kept.append(entry)
+        else:
+            record.setdefault(UNKNOWN_CATEGORY_KEY, []).append(entry)
+            unknown.append((entry.get("id"), record.get("image_id"), category_id))
+    return kept
 
 
 def warn_unknown_categories(json_file: str, unknown: list[tuple[Any, Any, Any]], what: str = "annotation") -> None:
@@ -310,12 +331,12 @@ def warn_unknown_categories(json_file: str, unknown: list[tuple[Any, Any, Any]],
         return
     shown = "; ".join(f"{what} id {a} (image id {i}): category_id {c}" for a, i, c in unknown[:5])
     logger.warning(
-        "'%s': %d %s(s) have a category that is not among the file's categories (%s%s); they get "
-        "category_id %d and are dropped in training (reason unknown_category).",
+        "'%s': %d %s(s) have a category that is not among the file's categories (%s%s); they are kept "
+        "under the record's %r and dropped in training (reason unknown_category).",
         json_file,
         len(unknown),
         what,
         shown,
         "; ..." if len(unknown) > 5 else "",
-        UNKNOWN_CATEGORY_ID,
+        UNKNOWN_CATEGORY_KEY,
     )

@@ -18,7 +18,6 @@ from detectron2.data.datasets.lvis_v0_5_categories import LVIS_CATEGORIES as LVI
 from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES as LVIS_V1_CATEGORIES
 
 from .common import (
-    UNKNOWN_CATEGORY_ID,
     category_names,
     contiguous_id_map,
     read_json_categories,
@@ -26,6 +25,7 @@ from .common import (
     require_dir,
     require_file,
     resolve_path,
+    set_aside_unknown_categories,
     warn_unknown_categories,
 )
 
@@ -88,7 +88,7 @@ def load_lvis_instances(
     Raises:
         FileNotFoundError: json or image folder missing.
         ValueError: an image's neg/not-exhaustive category ids are not in the json; malformed entries. (An
-            annotation of an unknown category is kept with category_id -1 and a warning; training drops it.)
+            annotation of an unknown category is set aside in the record with a warning; training drops it.)
     """
     require_file(json_file, layout)
     require_dir(image_root, layout)
@@ -127,18 +127,16 @@ def load_lvis_instances(
         for annotation in record["annotations"]:
             # detectron2 converted "category_id" to json id - 1 (it assumes ids 1..K); undo and re-map so
             # that jsons with other id sets work and unknown ids are reported (and dropped in training).
-            category_id = annotation["category_id"] + 1
-            if category_id not in id_map:
-                unknown.append((annotation.get("id"), image_id, category_id))
-            annotation["category_id"] = id_map.get(category_id, UNKNOWN_CATEGORY_ID)
+            annotation["category_id"] += 1
             annotation["iscrowd"] = 0
+        record["annotations"] = set_aside_unknown_categories(
+            record, record["annotations"], id_map, "category_id", unknown
+        )
         record["neg_category_ids"] = to_contiguous(record["neg_category_ids"], "neg_category_ids", image_id)
         record["not_exhaustive_category_ids"] = to_contiguous(
             record["not_exhaustive_category_ids"], "not_exhaustive_category_ids", image_id
         )
-        record["pos_category_ids"] = sorted(
-            {a["category_id"] for a in record["annotations"] if a["category_id"] != UNKNOWN_CATEGORY_ID}
-        )
+        record["pos_category_ids"] = sorted({a["category_id"] for a in record["annotations"]})
     warn_unknown_categories(json_file, unknown)
     return records
 

@@ -27,7 +27,7 @@ from PIL import Image
 
 from .coco import load_coco_instances
 from .common import (
-    UNKNOWN_CATEGORY_ID,
+    UNKNOWN_CATEGORY_KEY,
     contiguous_id_map,
     read_json_categories,
     register_lazy_dataset,
@@ -199,7 +199,7 @@ def load_openimages_csv(
             logger.warning("'%s' line %d: bad box coordinates (%s); the box is dropped in training", bbox_csv,
                            line_number, error)
             x0 = x1 = y0 = y1 = float("nan")
-        category_id = mid_to_id.get(mid, UNKNOWN_CATEGORY_ID)
+        category_id = mid_to_id.get(mid, mid)  # an unknown MID stays a string: set aside below
         boxes[row["ImageID"]].append((x0, y0, x1, y1, category_id, row.get("IsGroupOf", "0") == "1"))
     warn_unknown_categories(bbox_csv, unknown, "box")
 
@@ -254,8 +254,11 @@ def load_openimages_csv(
             "oid_image_id": oid_image_id,
             "height": height,
             "width": width,
-            "annotations": annotations,
+            "annotations": [a for a in annotations if isinstance(a["category_id"], int)],
         }
+        unknown_boxes = [a for a in annotations if not isinstance(a["category_id"], int)]
+        if unknown_boxes:
+            record[UNKNOWN_CATEGORY_KEY] = unknown_boxes
         if image_labels_csv is not None:
             record["pos_category_ids"] = sorted(positives.get(oid_image_id, ()))
             record["neg_category_ids"] = sorted(negatives.get(oid_image_id, ()))
