@@ -22,6 +22,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,7 @@ from detectron2.utils import comm
 
 from unidet2.engine import init_distributed, load_config
 from unidet2.engine.checkpoint import atomic_write_text
+from unidet2.engine.distributed import check_multi_machine_addresses, use_network_interface
 from unidet2.engine.preemption import PreemptionRequest
 from unidet2.engine.run import main as run_main
 from unidet2.engine.run import resolve_device
@@ -51,6 +53,7 @@ class DistributedEnvironment:
     local_rank: int
     world_size: int
     node: int
+    num_nodes: int
     master_addr: str
     master_port: int
 
@@ -72,6 +75,7 @@ class DistributedEnvironment:
             local_rank=env.local_rank,
             world_size=env.num_tasks,
             node=env.node,
+            num_nodes=env.num_nodes,
             master_addr=master_addr,
             master_port=port,
         )
@@ -95,6 +99,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
         resume: continue from the last checkpoint in ``train.output_dir`` if there is one.
         complete_marker: file written (atomically, by rank 0) with the result summary once the job finished;
             pipelines use it to skip completed stages.
+        network_interface: the interface the ranks talk over (``GLOO_SOCKET_IFNAME``/``NCCL_SOCKET_IFNAME`` on
+            every task); None: the libraries choose (gloo: the address of the host name).
     """
 
     config_file: str
@@ -102,6 +108,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
     eval_only: bool = False
     resume: bool = True
     complete_marker: str | None = None
+    network_interface: str | None = None
 
     def __call__(self) -> dict[str, Any]:
         env = submitit.JobEnvironment()
@@ -109,6 +116,17 @@ class TrainingJob(submitit.helpers.Checkpointable):
         _use_allocated_cpus()
         cfg = load_config(self.config_file, self.overrides)  # also validates before any collective call
         backend = "nccl" if resolve_device(cfg.train.device).startswith("cuda") else "gloo"
+        if self.network_interface:
+            use_network_interface(self.network_interface)
+        if dist_env.num_nodes > 1:
+            # A host name resolving to loopback would leave the ranks waiting for each other until a timeout.
+            check_multi_machine_addresses(
+                dist_env.master_addr,
+                master_machine=dist_env.node == 0,
+                backend=backend,
+                network_interface=self.network_interface,
+                option="--network-interface IFACE (launch.submit; sets GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME)",
+            )
         init_distributed(
             rank=dist_env.rank,
             world_size=dist_env.world_size,
@@ -130,6 +148,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
             local_rank=comm.get_local_rank(),
             local_size=comm.get_local_size(),
             restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+            host=socket.gethostname(),
         )
         if self.complete_marker and dist_env.rank == 0:
             atomic_write_text(self.complete_marker, json.dumps(result, indent=2, default=float))

@@ -1,13 +1,15 @@
 """Submit a training or evaluation config to SLURM through submitit (or run it with submitit's local executor).
 
-    python -m launch.submit --config CFG [key=value ...] --nodes N --gpus-per-node G --partition P --time HH:MM \\
-        [--account A] [--qos Q] [--constraint C] [--mem 256G] [--exclude NODES] [--job-name NAME] \\
-        [--output-root DIR] [--cpus-per-task C] [--tasks-per-node T] [--eval-only] \\
+    python -m launch.submit --config-file CFG [key=value ...] --nodes N --gpus-per-node G --partition P \\
+        --time HH:MM [--account A] [--qos Q] [--constraint C] [--mem 256G] [--exclude NODES] [--job-name NAME] \\
+        [--output-root DIR] [--cpus-per-task C] [--tasks-per-node T] [--network-interface IFACE] [--eval-only] \\
         [--max-num-timeout K] [--signal-delay-s S] [--setup "module load cuda"] [--local] [--dry-run] [--wait]
 
 One task per GPU (``--gpus-per-node 0``: CPU tasks, ``--tasks-per-node`` of them, gloo). The run directory is
 ``<output-root>/<job-name>`` (``train.output_dir`` unless an override sets it); submitit's logs and pickles
-go to its ``submitit/`` folder. Overrides are validated before anything is submitted.
+go to its ``submitit/`` folder. Overrides are validated before anything is submitted. srun runs with
+``--kill-on-bad-exit=1``: one task that fails ends the job at once (the others would otherwise wait in a
+collective until its timeout), and ``--wait`` names the rank and node that failed (:mod:`launch.failures`).
 """
 
 from __future__ import annotations
@@ -27,9 +29,13 @@ from submitit.slurm.slurm import _make_sbatch_string
 
 from unidet2.engine.config import load_config
 
+from .failures import JobFailedError, job_results
 from .job import TrainingJob
 
 __all__ = ["JobSpec", "build_parser", "main", "make_executor", "parse_time", "sbatch_script", "submit"]
+
+# Spellings of other tools or of earlier versions -> the flag to use instead.
+RENAMED_FLAGS = {"--config": "--config-file"}
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +88,7 @@ class JobSpec:
     signal_delay_s: int = 120
     setup: list[str] = dataclasses.field(default_factory=list)
     local: bool = False
+    network_interface: str | None = None
 
     @property
     def name(self) -> str:
@@ -125,6 +132,8 @@ def slurm_parameters(spec: JobSpec, dependency: str | None = None) -> dict[str, 
         "nodes": spec.nodes,
         "ntasks_per_node": spec.num_tasks_per_node,
         "signal_delay_s": spec.signal_delay_s,
+        # One failed task ends the step (and the job) at once instead of leaving its peers in a collective.
+        "srun_args": ["--kill-on-bad-exit=1"],
         "additional_parameters": additional,
     }
     optional = {
@@ -170,7 +179,13 @@ def make_job(spec: JobSpec, complete_marker: str | None = None) -> TrainingJob:
     config = os.path.abspath(spec.config)
     overrides = spec.job_overrides()
     load_config(config, overrides)
-    return TrainingJob(config, overrides, eval_only=spec.eval_only, complete_marker=complete_marker)
+    return TrainingJob(
+        config,
+        overrides,
+        eval_only=spec.eval_only,
+        complete_marker=complete_marker,
+        network_interface=spec.network_interface,
+    )
 
 
 def submit(spec: JobSpec, *, dependency: str | None = None, complete_marker: str | None = None) -> submitit.Job:
@@ -196,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_resource_arguments(parser)
-    parser.add_argument("--config", required=True, help="LazyConfig file")
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="LazyConfig file")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value (Hydra syntax)")
     parser.add_argument("--eval-only", action="store_true", help="only evaluate (train.init_checkpoint)")
     parser.add_argument("--job-name", help="default: the config file name")
@@ -212,6 +227,11 @@ def add_resource_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gpus-per-node", type=int, default=0, help="one task per GPU; 0: CPU tasks (gloo)")
     group.add_argument("--tasks-per-node", type=int, help="default: --gpus-per-node, or 1 on CPUs")
     group.add_argument("--cpus-per-task", type=int)
+    group.add_argument(
+        "--network-interface",
+        metavar="IFACE",
+        help="network interface the ranks talk over (GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME on every task)",
+    )
     group.add_argument("--partition")
     group.add_argument("--time", default="01:00", help="time limit: MM, HH:MM or D-HH:MM (default 01:00)")
     group.add_argument("--account")
@@ -232,7 +252,7 @@ def add_resource_arguments(parser: argparse.ArgumentParser) -> None:
 
 def spec_from_args(args: argparse.Namespace, **changes: Any) -> JobSpec:
     spec = JobSpec(
-        config=getattr(args, "config", ""),
+        config=getattr(args, "config_file", ""),
         overrides=list(getattr(args, "overrides", [])),
         eval_only=getattr(args, "eval_only", False),
         nodes=args.nodes,
@@ -252,13 +272,26 @@ def spec_from_args(args: argparse.Namespace, **changes: Any) -> JobSpec:
         signal_delay_s=args.signal_delay_s,
         setup=list(args.setup),
         local=args.local,
+        network_interface=args.network_interface,
     )
     return dataclasses.replace(spec, **changes)
+
+
+def reject_renamed_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Exit with a message naming the new flag where ``argv`` uses an old spelling (e.g. ``--config``)."""
+    for argument in argv:
+        if argument == "--":
+            break
+        flag = argument.split("=", 1)[0]
+        if flag in RENAMED_FLAGS:
+            parser.error(f"{flag} is not an option any more: use {RENAMED_FLAGS[flag]} (the same in every tool)")
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    reject_renamed_flags(parser, argv)
     args = parser.parse_intermixed_args(argv)
     try:
         spec = spec_from_args(args)
@@ -272,8 +305,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     job = submit(spec)
     if args.wait:
-        # results(): one entry per task; every task returns the same summary, rank 0's is reported.
-        print(json.dumps(job.results()[0], indent=2, default=str))
+        # One entry per task; every task returns the same summary, rank 0's is reported.
+        try:
+            results = job_results(job)
+        except JobFailedError as error:
+            sys.exit(str(error))
+        print(json.dumps(results[0], indent=2, default=str))
 
 
 if __name__ == "__main__":

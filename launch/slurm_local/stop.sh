@@ -1,15 +1,39 @@
 #!/bin/bash
-# Stop the cluster started by start.sh: slurmd, slurmctld, then munged, each by the PID in its pid file.
+# Stop the cluster started by start.sh and remove what it made: slurmd(s), slurmctld, then munged, each by the PID
+# in its pid file; on a multi-node cluster also what is left of each node (slurmstepd, tasks) and the network
+# namespaces with their bridge and veths.
 root=${1:?usage: stop.sh STATE_DIR}
-for pidfile in "$root/run/slurmd.pid" "$root/run/slurmctld.pid" "$root/run/munged.pid"; do
+[ -d "$root" ] || exit 0
+root=$(cd "$root" && pwd)
+here=$(cd "$(dirname "$0")" && pwd)
+
+stop_pid() {  # TERM, up to 5 s to exit, then KILL
+  local pid=$1
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null
+}
+
+for pidfile in "$root"/run/slurmd*.pid "$root/run/slurmctld.pid" "$root/run/munged.pid"; do
   [ -s "$pidfile" ] || continue
-  pid=$(cat "$pidfile")
-  if kill -TERM "$pid" 2>/dev/null; then
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-  fi
+  stop_pid "$(cat "$pidfile")"
   rm -f "$pidfile"
 done
+if [ -d "$root/netns" ]; then
+  for ns in "$root"/netns/node*; do
+    [ -e "$ns" ] || continue
+    pids=$("$here/node.sh" "$root" pids "$(basename "$ns")")
+    # shellcheck disable=SC2086
+    [ -n "$pids" ] && kill -KILL $pids 2>/dev/null
+  done
+  # Unmounting the last reference to a namespace removes it, and with it its interfaces (veths, bridge).
+  for ns in "$root"/netns/*; do
+    [ -e "$ns" ] || continue
+    umount "$ns" 2>/dev/null
+    rm -f "$ns"
+  done
+  rmdir "$root/netns" 2>/dev/null
+fi
 if [ -s "$root/run/munge_socket_dir" ]; then
   rm -rf "$(cat "$root/run/munge_socket_dir")"
   rm -f "$root/run/munge_socket_dir"

@@ -1,12 +1,15 @@
 """launch.submit: batch script, option parsing, and real jobs on the local SLURM cluster."""
 
+import os
+import socket
 from pathlib import Path
 
 import pytest
 import submitit
 import torch
 
-from launch.submit import JobSpec, main, parse_time, submit
+from launch.submit import JobSpec, main, make_job, parse_time, submit
+from unidet2.engine.distributed import use_network_interface
 
 REPO = Path(__file__).resolve().parents[2]
 TOY_CONFIG = str(REPO / "launch/examples/configs/toy_regression.py")
@@ -24,7 +27,7 @@ def test_parse_time():
 def test_dry_run_prints_the_batch_script(capsys):
     main(
         [
-            "--config", TOY_CONFIG, "train.max_iter=5", "--nodes", "2", "--gpus-per-node", "4",
+            "--config-file", TOY_CONFIG, "train.max_iter=5", "--nodes", "2", "--gpus-per-node", "4",
             "--partition", "gpu", "--time", "01:30", "--account", "vision", "--qos", "high",
             "--constraint", "a100", "--mem", "256G", "--exclude", "node7", "--cpus-per-task", "10",
             "--job-name", "toy", "--output-root", "/runs", "--dry-run",
@@ -39,11 +42,34 @@ def test_dry_run_prints_the_batch_script(capsys):
         "# overrides: train.max_iter=5 train.output_dir=/runs/toy", "srun --unbuffered",
     ]:
         assert line in script, line
+    # One failed task ends the step at once (its peers would wait in a collective until the timeout).
+    srun_line = next(line for line in script.splitlines() if line.startswith("srun "))
+    assert "--kill-on-bad-exit=1" in srun_line.split()
+
+
+@pytest.mark.parametrize("old", [["--config", TOY_CONFIG], [f"--config={TOY_CONFIG}"]])
+def test_the_old_config_flag_is_rejected_naming_the_new_one(old, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*old, "--dry-run"])
+    assert info.value.code == 2
+    assert "--config is not an option any more: use --config-file" in capsys.readouterr().err
+
+
+def test_network_interface_reaches_every_task_and_an_unknown_one_fails_naming_the_host(tmp_path, monkeypatch):
+    spec = _spec(tmp_path, network_interface="lo")
+    job = make_job(spec)
+    assert job.network_interface == "lo"
+    for key in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+        monkeypatch.delenv(key, raising=False)
+    use_network_interface("lo")
+    assert os.environ["GLOO_SOCKET_IFNAME"] == os.environ["NCCL_SOCKET_IFNAME"] == "lo"
+    with pytest.raises(ValueError, match=rf"'nic9' does not exist on host {socket.gethostname()} .*lo"):
+        use_network_interface("nic9")
 
 
 def test_a_wrong_override_key_is_rejected_before_submission(capsys):
     with pytest.raises(SystemExit) as info:
-        main(["--config", TOY_CONFIG, "train.max_itr=5", "--dry-run"])
+        main(["--config-file", TOY_CONFIG, "train.max_itr=5", "--dry-run"])
     assert info.value.code == 2
     assert "Unknown config key 'train.max_itr'" in capsys.readouterr().err
 

@@ -7,7 +7,9 @@ ranks are numbered machine by machine (SLURM's cyclic task distribution does not
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
 import socket
 from collections.abc import Callable, Hashable
 from datetime import timedelta
@@ -18,7 +20,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.utils import comm
 
-__all__ = ["DEFAULT_TIMEOUT", "default_backend", "find_free_port", "init_distributed", "launch"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "LoopbackAddressError",
+    "check_multi_machine_addresses",
+    "default_backend",
+    "find_free_port",
+    "init_distributed",
+    "launch",
+    "use_network_interface",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +46,106 @@ def find_free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("", 0))
         return sock.getsockname()[1]
+
+
+class LoopbackAddressError(RuntimeError):
+    """A multi-machine job would tell the other machines a loopback address (they could never connect)."""
+
+
+def _interface_names() -> list[str]:
+    return [name for _, name in socket.if_nameindex()]
+
+
+def use_network_interface(interface: str) -> None:
+    """Make gloo and NCCL talk over ``interface`` in this process (``GLOO_SOCKET_IFNAME``, ``NCCL_SOCKET_IFNAME``).
+
+    Call it before the process group starts. Raises ``ValueError`` naming the host and its interfaces if this
+    host has no interface of that name (gloo would otherwise fail later with a less telling error).
+    """
+    names = _interface_names()
+    if interface not in names:
+        raise ValueError(
+            f"Network interface {interface!r} does not exist on host {socket.gethostname()} "
+            f"(its interfaces: {', '.join(names)})"
+        )
+    os.environ["GLOO_SOCKET_IFNAME"] = interface
+    os.environ["NCCL_SOCKET_IFNAME"] = interface
+
+
+def _resolve(host: str) -> list[str]:
+    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def _all_loopback(addresses: list[str]) -> bool:
+    return all(ipaddress.ip_address(address.split("%")[0]).is_loopback for address in addresses)
+
+
+def check_multi_machine_addresses(
+    master_addr: str,
+    *,
+    master_machine: bool,
+    backend: str,
+    network_interface: str | None = None,
+    option: str = "GLOO_SOCKET_IFNAME=IFACE / NCCL_SOCKET_IFNAME=IFACE in the environment",
+) -> None:
+    """Before a multi-machine process group starts: fail at once, clearly, where ranks would never meet.
+
+    A common cluster misconfiguration is a host name that resolves to loopback (Debian's installer writes
+    ``127.0.1.1 <hostname>`` into /etc/hosts). Then the ranks wait for each other until the connection times
+    out (gloo warns "Unable to resolve hostname to a (local) address" and announces 127.0.0.1 to its peers).
+    Checked, on this host:
+
+    * ``master_addr`` must resolve to a non-loopback address, except on the master's own machine when a network
+      interface is chosen (the rendezvous store listens on every interface; gloo/NCCL use the chosen one);
+    * with gloo and no interface chosen, this host's own name must resolve to a non-loopback address (gloo
+      announces that address to its peers; NCCL picks a non-loopback interface by itself).
+
+    Args:
+        master_addr: host of the rendezvous (``MASTER_ADDR``, the host of ``tcp://host:port``).
+        master_machine: whether this process runs on the master's machine.
+        backend: "gloo" or "nccl".
+        network_interface: the interface chosen with ``option`` (see :func:`use_network_interface`); None: the
+            one in ``GLOO_SOCKET_IFNAME`` (gloo) / ``NCCL_SOCKET_IFNAME`` (nccl), if set.
+        option: how the user chooses the interface, named in the error.
+
+    Raises:
+        LoopbackAddressError: naming the host, the address and ``option``.
+    """
+    host = socket.gethostname()
+    remedy = (
+        f"Fix /etc/hosts (or DNS) on {host} so that the name resolves to an address the other machines reach, "
+        f"or choose the network interface the ranks talk over with {option} (interfaces on {host}: "
+        f"{', '.join(_interface_names())})."
+    )
+    if network_interface is None:  # chosen in the environment, e.g. by the cluster's own set-up
+        network_interface = os.environ.get("NCCL_SOCKET_IFNAME" if backend == "nccl" else "GLOO_SOCKET_IFNAME")
+    try:
+        master_addresses = _resolve(master_addr)
+    except socket.gaierror as error:
+        raise LoopbackAddressError(
+            f"Multi-machine job: the master host {master_addr!r} does not resolve on host {host} ({error})."
+        ) from error
+    if _all_loopback(master_addresses) and not (master_machine and network_interface):
+        raise LoopbackAddressError(
+            f"Multi-machine job: the master host {master_addr!r} resolves to loopback "
+            f"({', '.join(master_addresses)}) on host {host}; the ranks on other machines cannot reach it there "
+            f"and would wait until the connection times out. {remedy}"
+        )
+    if backend == "gloo" and network_interface is None:
+        try:
+            own_addresses = _resolve(host)
+        except socket.gaierror as error:
+            raise LoopbackAddressError(
+                f"Multi-machine job: this host's name {host!r} does not resolve ({error}); gloo needs it to "
+                f"find the address to announce. {remedy}"
+            ) from error
+        if _all_loopback(own_addresses):
+            raise LoopbackAddressError(
+                f"Multi-machine job: this host's name {host!r} resolves to loopback ({', '.join(own_addresses)}) "
+                f"on host {host}; gloo would announce that address to the other machines, which cannot reach it, "
+                f"and the ranks would wait until the connection times out. {remedy}"
+            )
 
 
 def _create_local_process_group(machine_id: Hashable) -> None:
@@ -96,6 +207,11 @@ def _worker(
     args: tuple,
     timeout: timedelta,
 ) -> None:
+    if world_size > num_processes_per_machine:  # several machines: the rendezvous host must be reachable
+        check_multi_machine_addresses(
+            dist_url.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]"), master_machine=machine_rank == 0,
+            backend=backend,
+        )
     init_distributed(
         rank=machine_rank * num_processes_per_machine + local_rank,
         world_size=world_size,

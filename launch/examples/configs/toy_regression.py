@@ -1,7 +1,7 @@
 """Toy regression on two synthetic datasets: a seconds-long smoke test of the engine and of a cluster set-up.
 
     python tools/train_net.py --config-file launch/examples/configs/toy_regression.py train.max_iter=20
-    python -m launch.submit --config launch/examples/configs/toy_regression.py --local --gpus-per-node 0
+    python -m launch.submit --config-file launch/examples/configs/toy_regression.py --local --gpus-per-node 0
 """
 
 import torch
