@@ -79,7 +79,8 @@ munged --socket="$socket" --key-file="$key" --pid-file="$root/run/munged.pid" \
 for _ in $(seq 50); do [ -S "$socket" ] && break; sleep 0.1; done
 munge --socket="$socket" --no-input | unmunge --socket="$socket" >/dev/null
 
-total_cpus=$(nproc)
+# nproc alone would count OMP_NUM_THREADS (=1 in many test set-ups) instead of the CPUs.
+total_cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 # Advertise 80 % of the available memory, so slurmd never reports more than the machine has.
 mem_mb=$(awk '/MemAvailable/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
 # A ping of a silent node fails after MessageTimeout (default 10 s): keep it below a short SlurmdTimeout.

@@ -7,17 +7,28 @@ root=${1:?usage: stop.sh STATE_DIR}
 root=$(cd "$root" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
 
-stop_pid() {  # TERM, up to 5 s to exit, then KILL
-  local pid=$1
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null
+# slurmd(s) first, then slurmctld, then munged: TERM to each group together, 1 s to exit, then KILL (the cluster
+# is thrown away: slurmctld saving its state for 5 s on TERM is of no use).
+stop_pids() {
+  local pid alive
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null; done
+  for _ in $(seq 10); do
+    alive=0
+    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && return 0
+    sleep 0.1
+  done
+  for pid in "$@"; do kill -KILL "$pid" 2>/dev/null; done
+  return 0
 }
 
-for pidfile in "$root"/run/slurmd*.pid "$root/run/slurmctld.pid" "$root/run/munged.pid"; do
-  [ -s "$pidfile" ] || continue
-  stop_pid "$(cat "$pidfile")"
-  rm -f "$pidfile"
+for group in "$root/run/slurmd*.pid" "$root/run/slurmctld.pid" "$root/run/munged.pid"; do
+  pids=()
+  for pidfile in $group; do
+    [ -s "$pidfile" ] && pids+=("$(cat "$pidfile")")
+    rm -f "$pidfile"
+  done
+  [ ${#pids[@]} -gt 0 ] && stop_pids "${pids[@]}"
 done
 if [ -d "$root/netns" ]; then
   for ns in "$root"/netns/node*; do
