@@ -21,10 +21,11 @@ INSTALL_INPUTS := requirements.txt pyproject.toml $(D2_SOURCE_RECORD) $(wildcard
 PYTEST_ARGS ?=
 OUTPUT ?= output
 
-.PHONY: help install env test lint demo bench clean-venv
+.PHONY: help install env test lint demo demo-full bench clean-venv
 
 help:
-	@echo "make demo     install, then run the main job on generated synthetic data"
+	@echo "make demo     install, then run the main job on generated synthetic data (minutes)"
+	@echo "make demo-full  the long main job (more data, 1000 iterations, full + 10-shot fine-tuning)"
 	@echo "make test     install, then run the test suite"
 	@echo "make install  create .venv with the pinned requirements and detectron2"
 	@echo "make env      environment report (python -m unidet2.env)"
@@ -56,10 +57,15 @@ test: install
 lint: install
 	$(PY) -m ruff check .
 
-# the main job: ScaleDet on generated synthetic datasets (data, embeddings, training, evaluation, reports)
+# the main job: ScaleDet on generated synthetic datasets (data, embeddings, training, evaluation, fine-tuning,
+# reports); `demo` is the quick run (minutes), `demo-full` the long one. DEMO_ARGS passes options / key=value.
 demo: install
 	$(PY) -m unidet2.env
-	$(PY) tools/scaledet_demo.py --output $(OUTPUT)/scaledet_demo $(DEMO_ARGS)
+	$(PY) tools/scaledet_demo.py --output $(OUTPUT)/scaledet_quickstart $(DEMO_ARGS)
+
+demo-full: install
+	$(PY) -m unidet2.env
+	$(PY) tools/scaledet_demo.py --full --output $(OUTPUT)/scaledet_demo $(DEMO_ARGS)
 
 bench: install
 	@mkdir -p benchmarks/results
@@ -73,21 +79,21 @@ EVAL_USAGE = { echo "usage: make $@ CONFIG=<LazyConfig .py> CKPT=<checkpoint .pt
 
 eval-coco: install
 	@test -n "$(CONFIG)" -a -n "$(CKPT)" || $(EVAL_USAGE)
-	$(PY) tools/evaluate.py --config-file $(CONFIG) --ckpt $(CKPT) --datasets coco_2017_val --output $(OUTPUT)/eval/coco $(EVAL_ARGS)
+	$(PY) tools/evaluate.py --config-file $(CONFIG) --checkpoint $(CKPT) --datasets coco_2017_val --output $(OUTPUT)/eval/coco $(EVAL_ARGS)
 
 eval-lvis: install
 	@test -n "$(CONFIG)" -a -n "$(CKPT)" || $(EVAL_USAGE)
-	$(PY) tools/evaluate.py --config-file $(CONFIG) --ckpt $(CKPT) --datasets lvis_v1_val --output $(OUTPUT)/eval/lvis $(EVAL_ARGS)
+	$(PY) tools/evaluate.py --config-file $(CONFIG) --checkpoint $(CKPT) --datasets lvis_v1_val --output $(OUTPUT)/eval/lvis $(EVAL_ARGS)
 
 eval-odinw: install
 	@test -n "$(CONFIG)" -a -n "$(CKPT)" || $(EVAL_USAGE)
-	$(PY) tools/evaluate.py --config-file $(CONFIG) --ckpt $(CKPT) --odinw --output $(OUTPUT)/eval/odinw $(EVAL_ARGS)
+	$(PY) tools/evaluate.py --config-file $(CONFIG) --checkpoint $(CKPT) --odinw --output $(OUTPUT)/eval/odinw $(EVAL_ARGS)
 
 # GLIP's fine-tuning protocols from CKPT: ODINW_SETTINGS="full" (full-shot) and/or shots per class, 3 seeds each.
 ODINW_SETTINGS ?= full 1 3 5 10
 eval-odinw-finetune: install
 	@test -n "$(CONFIG)" -a -n "$(CKPT)" || $(EVAL_USAGE)
-	$(PY) tools/evaluate.py --config-file $(CONFIG) --ckpt $(CKPT) --odinw-finetune $(ODINW_SETTINGS) \
+	$(PY) tools/evaluate.py --config-file $(CONFIG) --checkpoint $(CKPT) --odinw-finetune $(ODINW_SETTINGS) \
 		--output $(OUTPUT)/eval/odinw $(EVAL_ARGS)
 
 clean-venv:
