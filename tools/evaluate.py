@@ -1,10 +1,10 @@
 """Evaluate a trained checkpoint of a unidet2 LazyConfig on registered datasets, or on ODinW-13.
 
-    python tools/evaluate.py --config-file CFG --checkpoint model_final.pth                      # the config's test sets
+    python tools/evaluate.py --config-file CFG --checkpoint model_final.pth                  # the config's test sets
     python tools/evaluate.py --config-file CFG --checkpoint CKPT --datasets coco_2017_val lvis_v1_val
-    python tools/evaluate.py --config-file CFG --checkpoint CKPT --odinw                          # ODinW-13 direct transfer
-    python tools/evaluate.py --config-file CFG --checkpoint CKPT --odinw-finetune full 1 3 5 10   # ODinW-13 fine-tuning
-    python tools/evaluate.py --config-file CFG --checkpoint CKPT --num-gpus 2 [key=value ...]     # 2 processes
+    python tools/evaluate.py --config-file CFG --checkpoint CKPT --odinw                      # ODinW-13 direct transfer
+    python tools/evaluate.py --config-file CFG --checkpoint CKPT --odinw-finetune full 1 3 5 10  # ODinW-13 fine-tuning
+    python tools/evaluate.py --config-file CFG --checkpoint CKPT --num-gpus 2 [key=value ...]  # 2 processes
 
 Each dataset is read with the config's test loader (``dataloader.test`` / ``dataloader.test_loader`` with its
 ``dataset.names`` replaced) and evaluated by ``unidet2.evaluation.build_evaluator`` (by the dataset's
