@@ -30,6 +30,7 @@ def _metrics(evaluation: dict) -> dict[str, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # about 4 min of training on a quiet 2-core machine, up to 10 under load
 def test_joint_training_reaches_pq_miou_and_weak_mask_ap(tmp_path, monkeypatch):
     monkeypatch.setenv("UNIDET2_CACHE", str(tmp_path / "cache"))
     data_root = tmp_path / "data"
