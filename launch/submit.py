@@ -27,6 +27,7 @@ from typing import Any
 import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
+from unidet2.engine.cli import reject_renamed_flags
 from unidet2.engine.config import load_config
 
 from .failures import JobFailedError, job_results
@@ -35,8 +36,6 @@ from .job import TrainingJob
 __all__ = ["JobSpec", "build_parser", "main", "make_executor", "parse_time", "sbatch_script", "submit"]
 
 # Spellings of other tools or of earlier versions -> the flag to use instead.
-RENAMED_FLAGS = {"--config": "--config-file"}
-
 logger = logging.getLogger(__name__)
 
 
@@ -217,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--job-name", help="default: the config file name")
     parser.add_argument("--dry-run", action="store_true", help="print the batch script, submit nothing")
     parser.add_argument("--wait", action="store_true", help="wait for the job and print its result")
+    reject_renamed_flags(parser, {"--config": "--config-file"})  # the spelling of every tool
     return parser
 
 
@@ -277,21 +277,10 @@ def spec_from_args(args: argparse.Namespace, **changes: Any) -> JobSpec:
     return dataclasses.replace(spec, **changes)
 
 
-def reject_renamed_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    """Exit with a message naming the new flag where ``argv`` uses an old spelling (e.g. ``--config``)."""
-    for argument in argv:
-        if argument == "--":
-            break
-        flag = argument.split("=", 1)[0]
-        if flag in RENAMED_FLAGS:
-            parser.error(f"{flag} is not an option any more: use {RENAMED_FLAGS[flag]} (the same in every tool)")
-
-
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    reject_renamed_flags(parser, argv)
     args = parser.parse_intermixed_args(argv)
     try:
         spec = spec_from_args(args)

@@ -52,7 +52,7 @@ def test_the_old_config_flag_is_rejected_naming_the_new_one(old, capsys):
     with pytest.raises(SystemExit) as info:
         main([*old, "--dry-run"])
     assert info.value.code == 2
-    assert "--config is not an option any more: use --config-file" in capsys.readouterr().err
+    assert "--config is no longer accepted: use --config-file" in capsys.readouterr().err
 
 
 def test_network_interface_reaches_every_task_and_an_unknown_one_fails_naming_the_host(tmp_path, monkeypatch):
