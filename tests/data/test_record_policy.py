@@ -77,7 +77,7 @@ def test_training_on_bad_data_completes_and_reports_the_four_counts(tmp_path):
     assert 0 < last[f"bad_data/{name}/bad_record_share"] < 1
 
     # the final checkpoint holds the same counts (the loader's state, restored on resume)
-    checkpoint = torch.load(output / "model_final.pth", weights_only=False)
+    checkpoint = torch.load(output / "model_final.pth", weights_only=True)
     saved = checkpoint["per_rank"][0]["data"]["record_problems"]
     assert saved["counts"] == {name: {reason: int(n) for reason, n in counts.items()}}
     # 10 steps x 3 mapped samples, plus the skipped undecodable-image records that they replaced
@@ -91,7 +91,7 @@ def test_training_on_bad_data_completes_and_reports_the_four_counts(tmp_path):
     # resumed with more iterations: the counts continue from the checkpoint (never restart at 0)
     resumed = run_main(config, ["train.max_iter=12"], resume=True)
     assert resumed["last_iteration"] == 11
-    final = torch.load(output / "model_final.pth", weights_only=False)["per_rank"][0]["data"]["record_problems"]
+    final = torch.load(output / "model_final.pth", weights_only=True)["per_rank"][0]["data"]["record_problems"]
     assert final["records_seen"][name] == 36 + final["counts"][name]["corrupt_file"]
     assert all(final["counts"][name][r] >= saved["counts"][name][r] for r in EXPECTED_REASONS)
 
@@ -101,7 +101,7 @@ def test_detectron2_train_loader_drops_are_counted_by_the_trainer(tmp_path):
     assert run_main(config, ["train.max_iter=6"])["last_iteration"] == 5
     last = json.loads((output / "metrics.json").read_text().splitlines()[-1])
     assert all(last.get(f"bad_data/{name}/{reason}", 0) >= 1 for reason in EXPECTED_REASONS), last
-    saved = torch.load(output / "model_final.pth", weights_only=False)["trainer"]["record_problems"]
+    saved = torch.load(output / "model_final.pth", weights_only=True)["trainer"]["record_problems"]
     assert saved["counts"][name] == {
         r: int(last[f"bad_data/{name}/{r}"]) for r in EXPECTED_REASONS
     }

@@ -261,7 +261,7 @@ def test_predictor_similarity_follows_a_vocabulary_change():
     previous = set_vocabulary(predictor, new_vocabulary)
     # raw cosines [[1, .6], [.6, 1]]; per-row min-max -> identity
     np.testing.assert_allclose(predictor.similarity.numpy(), np.eye(2), atol=1e-6)
-    assert predictor.similarity.shape == predictor.similarity.shape == (2, 2)
+    assert original.shape == (3, 3) and predictor.similarity.shape == (2, 2)  # Ŝ followed the new vocabulary
     assert derivations == [3, 2]  # derived once per vocabulary: repeated reads are cached
     with EventStorage():
         losses = predictor.losses(predictor(FEATURES), [_proposals([1, 2])])  # GT class 1 of 2, background
