@@ -19,6 +19,8 @@ $(shell mkdir -p .cache && (echo "$(DETECTRON2_SOURCE)" | cmp -s - $(D2_SOURCE_R
 INSTALL_INPUTS := requirements.txt pyproject.toml $(D2_SOURCE_RECORD) $(wildcard tools/d2_build/*.py)
 
 PYTEST_ARGS ?=
+# test processes (pytest-xdist workers, one compute thread each: tests/conftest.py); 0 runs the suite in this process
+TEST_WORKERS ?= 2
 OUTPUT ?= output
 
 .PHONY: help install env test lint demo demo-full bench clean-venv
@@ -52,7 +54,7 @@ env: install
 	$(PY) -m unidet2.env
 
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .

@@ -120,29 +120,26 @@ def test_finetuning_learns_the_dataset_from_the_checkpoint(base, tmp_path):
     classifiers = find_text_classifiers(model)
     assert {tuple(c.class_names) for c in classifiers.values()} == {("dog", "person")}
 
-    # Full-shot on the two datasets: 12 epochs x 2 copies of 12 images, 4 per step = 72 iterations each.
-    direct = evaluate_odinw(
-        instantiate(cfg.model).eval(), cfg, dataset_names=["odinw_rabbits_val", "odinw_thermal_val"], progress=False
-    )
-    schedule = FinetuneSchedule(dataset_repeat=2)
-    runs = plan_odinw_finetuning(shots=(None,), datasets=RABBITS_THERMAL)
+    # Full-shot on thermal (two classes): 12 epochs x 4 copies of 12 images, 4 per step = 144 iterations. From this
+    # random-init checkpoint, 72 iterations (2 copies) sat on the edge: rabbits AP 35.0 on one machine, 0.0 on
+    # another, 30.0 with one thread; 144 converge: thermal AP 80.0 (2 threads) / 90.0 (1 thread), AP50 100 both,
+    # rabbits AP 100 with one thread. Before fine-tuning: thermal AP 0.0.
+    thermal = tuple(d for d in RABBITS_THERMAL if d.short_name == "thermal")
+    direct = evaluate_odinw(instantiate(cfg.model).eval(), cfg, dataset_names=["odinw_thermal_val"], progress=False)
+    schedule = FinetuneSchedule(dataset_repeat=4)
+    runs = plan_odinw_finetuning(shots=(None,), datasets=thermal)
     tables = run_odinw_finetuning(
         runs, DatasetFinetuner(cfg, checkpoint, schedule), cfg, output_dir=str(tmp_path / "full"), progress=False
     )
-    measured = dict(tables["full"].rows)
-    before = dict(direct.rows)
-    # Measured with ScaleDet's defaults (hard loss summed over classes): rabbits AP 35.0 (AP50 100), thermal AP 47.5
-    # (AP50 75.0); before: 0. (With the earlier default, BCE averaged over classes: rabbits 70.0, thermal 21.7 / 54.2.)
-    assert measured["rabbits"]["AP"] >= 25 and measured["rabbits"]["AP"] >= before["rabbits"]["AP"] + 20, (
-        measured, before)
-    assert measured["thermal"]["AP50"] >= 25 and measured["thermal"]["AP50"] >= before["thermal"]["AP50"] + 20, (
-        measured, before)
+    measured = dict(tables["full"].rows)["thermal"]
+    before = dict(direct.rows)["thermal"]
+    assert measured["AP50"] >= 75 and measured["AP"] >= 50 and measured["AP"] >= before["AP"] + 40, (measured, before)
 
-    run_dir = tmp_path / "full" / "rabbits_full_seed0"
+    run_dir = tmp_path / "full" / "thermal_full_seed0"
     plan = json.loads((run_dir / "finetune.json").read_text())
-    assert (plan["num_images"], plan["dataset_repeat"], plan["epochs"], plan["max_iter"]) == (12, 2, 12, 72)
+    assert (plan["num_images"], plan["dataset_repeat"], plan["epochs"], plan["max_iter"]) == (12, 4, 12, 144)
     last = json.loads((run_dir / "metrics.json").read_text().splitlines()[-1])
-    assert last["iteration"] == 71 and last["samples/odinw_rabbits_train"] == 72 * 4
+    assert last["iteration"] == 143 and last["samples/odinw_thermal_train"] == 144 * 4
     assert (run_dir / "model_final.pth").is_file() and (run_dir / "config.yaml").is_file()
 
     # The same run again finds its final checkpoint: loaded, not trained again.

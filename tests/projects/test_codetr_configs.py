@@ -16,16 +16,7 @@ from projects.CoDETR.codetr.optim import param_groups_with_lr_factors
 CONFIGS = Path(__file__).resolve().parents[2] / "projects" / "CoDETR" / "configs"
 ALL_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.py"))
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_torch_thread():
-    # Tiny models on 2 shared cores: with 2 intra-op threads, OpenMP's spinning workers make every op up to
-    # 10x slower whenever another process competes for the cores.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _load(name):

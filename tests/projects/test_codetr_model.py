@@ -18,16 +18,7 @@ from unidet2.modeling import find_text_classifiers, restore_vocabulary, set_voca
 CONFIGS = Path(__file__).resolve().parents[2] / "projects" / "CoDETR" / "configs"
 NUM_CLASSES = 4
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_torch_thread():
-    # Tiny models on 2 shared cores: with 2 intra-op threads, OpenMP's spinning workers make every op up to
-    # 10x slower whenever another process competes for the cores.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _config(name="co_deformable_detr_synthetic.py"):

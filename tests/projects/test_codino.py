@@ -34,14 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "projects" / "CoDETR" / "configs"
 NUM_CLASSES = 4
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_torch_thread():
-    # Tiny models on 2 shared cores: more intra-op threads only make the ops slower when others compete.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _config(name="co_dino_synthetic.py"):

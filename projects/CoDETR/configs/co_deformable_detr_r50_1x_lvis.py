@@ -5,23 +5,8 @@ The official repository ships LVIS configs for Co-DINO only, whose heads equal t
 classes; heads, losses and optimiser here are likewise those of the COCO R50 config.
 """
 
-from detectron2.config import LazyCall as L
-from detectron2.data.samplers import RepeatFactorTrainingSampler
-
 from .co_deformable_detr_r50_1x_coco import dataloader, model, optimizer, train
-from .common.schedule import LVIS_V1_TRAIN_IMAGES, iterations, step_schedule
+from .common.schedule import to_lvis_v1
 
-model.num_classes = 1203
 model.test_topk = 300
-dataloader.train.dataset.names = "lvis_v1_train"
-dataloader.train.sampler = L(RepeatFactorTrainingSampler)(
-    repeat_factors=L(RepeatFactorTrainingSampler.repeat_factors_from_category_frequency)(
-        dataset_dicts="${dataloader.train.dataset}", repeat_thresh=0.001
-    )
-)
-dataloader.test.dataset.names = "lvis_v1_val"
-
-max_iter = iterations(12, LVIS_V1_TRAIN_IMAGES)
-lr_multiplier = step_schedule(max_iter, iterations(11, LVIS_V1_TRAIN_IMAGES))
-train["max_iter"] = max_iter
-train["output_dir"] = "./output/co_deformable_detr_r50_1x_lvis"
+lr_multiplier = to_lvis_v1(dataloader, model, train, "./output/co_deformable_detr_r50_1x_lvis")

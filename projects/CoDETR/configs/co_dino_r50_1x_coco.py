@@ -6,21 +6,11 @@
 
 from .common.data_coco_detr import dataloader
 from .common.optim import AdamWBackboneFactor as optimizer
-from .common.schedule import COCO_TRAIN_IMAGES, iterations, step_schedule
+from .common.schedule import COCO_TRAIN_IMAGES, detr_train, iterations, step_schedule
 from .models.co_dino_r50 import model
 
 model.num_classes = 80
 
 max_iter = iterations(12, COCO_TRAIN_IMAGES)
 lr_multiplier = step_schedule(max_iter, iterations(11, COCO_TRAIN_IMAGES))
-train = {
-    "output_dir": "./output/co_dino_r50_1x_coco",
-    "init_checkpoint": "detectron2://ImageNetPretrained/torchvision/R-50.pkl",
-    "max_iter": max_iter,
-    "amp": {"enabled": False},
-    "clip_grad": {"enabled": True, "max_norm": 0.1, "norm_type": 2.0},
-    "checkpointer": {"period": 5000, "max_to_keep": 5},
-    "eval_period": 10000,
-    "log_period": 50,
-    "ddp": {"broadcast_buffers": False, "find_unused_parameters": False, "fp16_compression": False},
-}
+train = detr_train("./output/co_dino_r50_1x_coco", max_iter)

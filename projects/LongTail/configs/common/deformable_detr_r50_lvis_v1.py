@@ -15,16 +15,13 @@ Schedule (``longtail.epochs``, repeats counted, ``common/stages.py``): stage 1 5
 """
 
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.data import transforms as T
-from omegaconf import OmegaConf
 
 from projects.CoDETR.codetr.data import detr_train_augmentation
 from projects.CoDETR.configs.models.co_deformable_detr_r50 import model as _detr_model
-from projects.LongTail.longtail import build_longtail_train_loader
 from unidet2.data.mapper import MultiDatasetMapper
-from unidet2.evaluation import LVISEvaluator
 
+from .data import longtail_dataloader
 from .deformable_detr import CLIP_GRAD, adamw, longtail_detr
 
 longtail = {
@@ -49,23 +46,7 @@ train_mapper = L(MultiDatasetMapper)(
 test_mapper = L(MultiDatasetMapper)(
     is_train=False, augmentations=[L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333)], image_format="RGB"
 )
-dataloader = OmegaConf.create()
-dataloader.train = L(build_longtail_train_loader)(
-    dataset_name="${longtail.dataset}",
-    mapper=train_mapper,
-    total_batch_size=16,
-    sampling="uniform",
-    synthetic_root="${longtail.synthetic_root}",
-    group_boundaries="${longtail.group_boundaries}",
-    threshold_reference_images="${longtail.threshold_reference_images}",
-    num_workers=4,
-)
-dataloader.test = L(build_detection_test_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="${longtail.test_dataset}", filter_empty=False),
-    mapper=test_mapper,
-    num_workers=4,
-)
-dataloader.evaluator = L(LVISEvaluator)(dataset_name="${longtail.test_dataset}", max_dets_per_image=300)
+dataloader = longtail_dataloader(train_mapper, test_mapper, total_batch_size=16, num_workers=4)
 
 # Released lrs: 2e-4 (stages 1 and 3), x0.1 for every trainable module in stage 2; backbone x0.1.
 STAGE_LR = {"stage1": 2e-4, "stage2": 2e-5, "stage3": 2e-4}

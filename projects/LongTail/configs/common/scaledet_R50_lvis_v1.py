@@ -10,16 +10,14 @@ schedule is ours, in epochs of batch 16, see the stage configs).
 import copy
 
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.data import transforms as T
-from omegaconf import OmegaConf
 
-from projects.LongTail.longtail import LongTailRCNN, build_longtail_train_loader, dataset_text_embeddings
+from projects.LongTail.longtail import LongTailRCNN, dataset_text_embeddings
 from projects.ScaleDet.configs.common.scaledet_model import model as _scaledet_model
 from projects.ScaleDet.configs.common.scaledet_model import scaledet as _scaledet
 from unidet2.data.mapper import MultiDatasetMapper, build_resize_augmentation
-from unidet2.evaluation import LVISEvaluator
 
+from .data import longtail_dataloader
 from .scaledet_tiny_synthetic import sgd
 
 longtail = {
@@ -67,23 +65,7 @@ train_mapper = L(MultiDatasetMapper)(
 test_mapper = L(MultiDatasetMapper)(
     is_train=False, augmentations=[L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333)], image_format="BGR"
 )
-dataloader = OmegaConf.create()
-dataloader.train = L(build_longtail_train_loader)(
-    dataset_name="${longtail.dataset}",
-    mapper=train_mapper,
-    total_batch_size=16,
-    sampling="uniform",
-    synthetic_root="${longtail.synthetic_root}",
-    group_boundaries="${longtail.group_boundaries}",
-    threshold_reference_images="${longtail.threshold_reference_images}",
-    num_workers=4,
-)
-dataloader.test = L(build_detection_test_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="${longtail.test_dataset}", filter_empty=False),
-    mapper=test_mapper,
-    num_workers=4,
-)
-dataloader.evaluator = L(LVISEvaluator)(dataset_name="${longtail.test_dataset}", max_dets_per_image=300)
+dataloader = longtail_dataloader(train_mapper, test_mapper, total_batch_size=16, num_workers=4)
 dataloader.vocabulary = dict(TEXT_ENCODER)
 
 

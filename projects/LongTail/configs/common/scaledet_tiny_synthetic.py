@@ -15,20 +15,19 @@ import copy
 
 import torch
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.data import transforms as T
 from detectron2.modeling.backbone import BasicStem, ResNet
 from detectron2.solver.build import get_default_optimizer_params
-from omegaconf import OmegaConf
 
-from projects.LongTail.longtail import LongTailRCNN, build_longtail_train_loader, dataset_text_embeddings
+from projects.LongTail.longtail import LongTailRCNN, dataset_text_embeddings
 from projects.LongTail.longtail.data import LVIS_V1_TRAIN_IMAGES
 from projects.ScaleDet.configs.common.scaledet_model import faster_rcnn_roi_heads
 from projects.ScaleDet.configs.common.scaledet_model import model as _scaledet_model
 from projects.ScaleDet.configs.common.scaledet_model import scaledet as _scaledet
 from unidet2.data.mapper import MultiDatasetMapper, build_resize_augmentation
-from unidet2.evaluation import LVISEvaluator
 from unidet2.modeling.backbone import small_resnet_stages
+
+from .data import longtail_dataloader
 
 longtail = {
     "dataset": "synth_lvis_train",  # D_l, the whole long-tailed training set
@@ -96,24 +95,7 @@ train_mapper = L(MultiDatasetMapper)(
 test_mapper = L(MultiDatasetMapper)(
     is_train=False, augmentations=[L(T.ResizeShortestEdge)(short_edge_length=160, max_size=240)], image_format="BGR"
 )
-dataloader = OmegaConf.create()
-dataloader.train = L(build_longtail_train_loader)(
-    dataset_name="${longtail.dataset}",
-    mapper=train_mapper,
-    total_batch_size=4,
-    sampling="uniform",
-    synthetic_root="${longtail.synthetic_root}",
-    group_boundaries="${longtail.group_boundaries}",
-    threshold_reference_images="${longtail.threshold_reference_images}",
-    seed=0,
-    num_workers=0,
-)
-dataloader.test = L(build_detection_test_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="${longtail.test_dataset}", filter_empty=False),
-    mapper=test_mapper,
-    num_workers=0,
-)
-dataloader.evaluator = L(LVISEvaluator)(dataset_name="${longtail.test_dataset}", max_dets_per_image=300)
+dataloader = longtail_dataloader(train_mapper, test_mapper, total_batch_size=4, num_workers=0, seed=0)
 # Test vocabularies are encoded like the training one (dataset_text_embeddings).
 dataloader.vocabulary = {"encoder": "${longtail.text_encoder}"}
 
