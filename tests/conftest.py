@@ -1,8 +1,8 @@
 """Suite-wide setup for running the tests in parallel with pytest-xdist (`make test`: ``-n 2 --dist loadgroup``).
 
 * Each worker computes with one thread (torch and every process it starts): two workers on two cores would
-  otherwise run four compute threads, which slows both down several times over, and one thread per process is
-  also how the slow tests' bars were measured.
+  otherwise run four compute threads, which slows both down several times over (the ScaleDet e2e bars were
+  measured with one thread; every bar held in the one-thread suite run this was set up with).
 * The tests of a file stay on one worker (their module fixtures, e.g. a trained model, are built once), and the
   launcher tests share one worker: their SLURM clusters are started once per session and cannot run twice.
   (xdist marks its groups in the test ids, "<id>@<group>"; pytest 9.2 silently drops that, so requirements.txt
