@@ -145,7 +145,7 @@ def test_finetuning_learns_the_dataset_from_the_checkpoint(base, tmp_path):
     # The same run again finds its final checkpoint: loaded, not trained again.
     metrics_lines = len((run_dir / "metrics.json").read_text().splitlines())
     again = DatasetFinetuner(cfg, checkpoint, schedule)(runs[0], str(run_dir))
-    trained = torch.load(run_dir / "model_final.pth", weights_only=False)["model"]
+    trained = torch.load(run_dir / "model_final.pth", weights_only=True)["model"]
     for name, value in _parameters(again).items():
         assert torch.equal(value, trained[name]), name
     assert len((run_dir / "metrics.json").read_text().splitlines()) == metrics_lines

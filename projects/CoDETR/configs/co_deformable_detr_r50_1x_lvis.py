@@ -6,7 +6,7 @@ classes; heads, losses and optimiser here are likewise those of the COCO R50 con
 """
 
 from .co_deformable_detr_r50_1x_coco import dataloader, model, optimizer, train
-from .common.schedule import to_lvis_v1
+from .common.lvis import to_lvis_v1
 
 model.test_topk = 300
 lr_multiplier = to_lvis_v1(dataloader, model, train, "./output/co_deformable_detr_r50_1x_lvis")

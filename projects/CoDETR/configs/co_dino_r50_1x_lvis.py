@@ -3,6 +3,6 @@ ClassBalancedDataset(oversample_thr=1e-3) of the official ``co_dino_5scale_r50_1
 image after soft-NMS (as the COCO config)."""
 
 from .co_dino_r50_1x_coco import dataloader, model, optimizer, train
-from .common.schedule import to_lvis_v1
+from .common.lvis import to_lvis_v1
 
 lr_multiplier = to_lvis_v1(dataloader, model, train, "./output/co_dino_r50_1x_lvis")
